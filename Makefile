@@ -1,0 +1,42 @@
+# Set-up is one idempotent target; `make run` and `make test` both depend on it, so a fresh
+# clone needs nothing but `make run` (the service) or `make test` (the suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The stamp changes whenever the dependency list or this file does, so a second `make` is a no-op.
+STAMP  := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+MEDIAPIPE := mediapipe==0.10.21
+
+.PHONY: setup run test lint bench eval export clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@# Lean mediapipe: the face-mesh solution without jax/opencv-contrib (see pyproject.toml).
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(MEDIAPIPE)
+	@# Debian's Chromium for the browser end-to-end test; never a downloaded browser build.
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: install Debian's chromium for the browser test (sudo apt-get install chromium)"; fi; }
+	$(BIN)/reenact export --size 256 --size 512
+	@rm -f $(VENV)/.setup-* && touch $@
+
+run: setup
+	$(BIN)/reenact serve
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/reenact bench
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
