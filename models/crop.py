@@ -44,13 +44,13 @@ def face_box(landmarks: Landmarks, scale: float = 1.9, lift: float = 0.12) -> Cr
 
 
 def cut(image: np.ndarray, box: CropBox, out_size: int) -> np.ndarray:
-    """The crop as an out_size x out_size image; outside the image the border is replicated."""
+    """The crop as an out_size x out_size image; outside the image it is mirrored."""
     return cv2.warpAffine(
         image,
         box.matrix(out_size),
         (out_size, out_size),
         flags=cv2.INTER_AREA if box.size > 2 * out_size else cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
+        borderMode=cv2.BORDER_REFLECT_101,
     )
 
 

@@ -6,7 +6,7 @@ class ReenactError(Exception):
 
 
 class BadInputError(ReenactError):
-    """The caller's input (image, video, SDP, packet) is unusable: corrupt, too large, wrong type."""
+    """The caller's input (image, video, SDP, packet) is unusable: corrupt, huge, wrong type."""
 
 
 class NoFaceError(BadInputError):

@@ -31,6 +31,15 @@ NOSE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 98, 327, 129, 358, 64, 294)
 RIGHT_IRIS_CENTER = 468
 LEFT_IRIS_CENTER = 473
 
+# Upper/lower lid pairs, nasal corner excluded, per eye: where a blink closes the gap.
+RIGHT_LIDS = ((246, 7), (161, 163), (160, 144), (159, 145), (158, 153), (157, 154), (173, 155))
+LEFT_LIDS = ((466, 249), (388, 390), (387, 373), (386, 374), (385, 380), (384, 381), (398, 382))
+RIGHT_IRIS = tuple(range(468, 473))
+LEFT_IRIS = tuple(range(473, 478))
+# Upper/lower inner-lip pairs: where the mouth closes.
+INNER_LIP_PAIRS = ((191, 95), (80, 88), (81, 178), (82, 87), (13, 14), (312, 317), (311, 402),
+                   (310, 318), (415, 324))  # fmt: skip
+
 # Points that move with the skull but hardly with expression: used to fit the head pose.
 RIGID = (33, 133, 362, 263, 234, 454, 127, 356, 162, 389, 21, 251, 54, 284, 103, 332, 67, 297,
          109, 338, 10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 98, 327, 129, 358)  # fmt: skip

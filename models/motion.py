@@ -10,6 +10,9 @@ the decomposition target = identity(source) + expression(driver) in canonical sp
     t_t        = t_src + (t_drv - t_drv_ref) * scale_src / scale_drv_ref
 
 so only *changes* of the driver, relative to its reference frame, reach the output.
+Two corrections keep that sum a face: eyelid motion is scaled by the ratio of the source's eye
+opening to the driver's (a blink of wide driver eyes must close small source eyes, not push
+the lid through them), and no upper lid or lip may end below its lower partner.
 ``absolute`` mode is the ablation: the driver's own shape and rotation, placed where the source's
 head is; it leaks the driver's identity and exists to measure exactly that.
 """
@@ -21,7 +24,49 @@ from typing import Literal
 
 import numpy as np
 
+from models.landmarks import (
+    INNER_LIP_PAIRS,
+    LEFT_EYE,
+    LEFT_IRIS,
+    LEFT_LIDS,
+    RIGHT_EYE,
+    RIGHT_IRIS,
+    RIGHT_LIDS,
+)
 from models.pose import FaceState, HeadPose
+
+_EYES = (
+    (np.array(RIGHT_LIDS), np.array(RIGHT_EYE + RIGHT_IRIS)),
+    (np.array(LEFT_LIDS), np.array(LEFT_EYE + LEFT_IRIS)),
+)
+_CLOSING_PAIRS = np.array(RIGHT_LIDS + LEFT_LIDS + INNER_LIP_PAIRS)
+
+
+def _gap(shape: np.ndarray, pairs: np.ndarray) -> float:
+    """Mean vertical opening between upper and lower points (canonical y points down)."""
+    return float((shape[pairs[:, 1], 1] - shape[pairs[:, 0], 1]).mean())
+
+
+def expression_delta(source: np.ndarray, reference: np.ndarray, driver: np.ndarray) -> np.ndarray:
+    """The driver's expression change, fitted to the source's eyes.  All (478, 3) canonical."""
+    delta = driver - reference
+    for lids, points in _EYES:
+        ref_gap = _gap(reference, lids)
+        if ref_gap > 1e-3:
+            delta[points, 1] *= float(np.clip(_gap(source, lids) / ref_gap, 0.25, 4.0))
+    return delta
+
+
+def keep_closed_parts_closed(shape: np.ndarray) -> np.ndarray:
+    """Meet any upper lid or lip that crossed below its lower partner halfway."""
+    upper, lower = _CLOSING_PAIRS[:, 0], _CLOSING_PAIRS[:, 1]
+    crossed = shape[upper, 1] > shape[lower, 1]
+    if crossed.any():
+        middle = (shape[upper[crossed], 1] + shape[lower[crossed], 1]) / 2
+        shape[upper[crossed], 1] = middle
+        shape[lower[crossed], 1] = middle
+    return shape
+
 
 Mode = Literal["relative", "absolute"]
 
@@ -51,7 +96,8 @@ class MotionTransfer:
         scale = src.pose.scale * driver.pose.scale / ref.pose.scale
         if self.mode == "relative":
             rotation = driver.pose.rotation @ ref.pose.rotation.T @ src.pose.rotation
-            shape = src.shape + self.expression_gain * (driver.shape - ref.shape)
+            delta = expression_delta(src.shape, ref.shape, driver.shape)
+            shape = keep_closed_parts_closed(src.shape + self.expression_gain * delta)
         else:
             rotation = driver.pose.rotation
             shape = driver.shape

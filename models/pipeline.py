@@ -1,0 +1,76 @@
+"""The one path a driving frame takes: track -> transfer -> render.
+
+Each step is small and separately callable (evaluation and the compression codec reuse them);
+``Reenactor.__call__`` just chains them and times each stage.  One Reenactor per driver
+stream: it owns a stateful video tracker and the driver's reference frame.  The engine is
+passed in and may be shared by many Reenactors.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engines.base import Engine
+from models.landmarks import Landmarks
+from models.motion import Mode, MotionTransfer
+from models.pose import face_state
+from models.source import SourceEmbedding, driving_inputs
+from models.tracking import FaceTracker
+
+
+@dataclass
+class FrameResult:
+    """One output frame and what it cost."""
+
+    image: np.ndarray  # (S, S, 3) uint8 RGB; the last good frame when no face was found
+    face_found: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)  # track, motion, generate, total
+    landmarks: Landmarks | None = None  # the driver's, when found
+
+
+class Reenactor:
+    """Animates one source embedding with one driver stream."""
+
+    def __init__(self, source: SourceEmbedding, engine: Engine, mode: Mode = "relative") -> None:
+        self.source = source
+        self.engine = engine
+        self.transfer_motion = MotionTransfer(source.state, mode=mode)
+        self._tracker = FaceTracker(video=True)
+        self._last = source.crop
+
+    def reset(self) -> None:
+        """Take the next driver frame as the neutral reference (recalibrate)."""
+        self.transfer_motion.reset()
+
+    def track(self, rgb: np.ndarray, timestamp: float | None = None) -> Landmarks | None:
+        return self._tracker(rgb, timestamp)
+
+    def transfer(self, driver: Landmarks) -> np.ndarray:
+        """Target landmarks (478, 3) in source-photo pixels."""
+        return self.transfer_motion(face_state(driver.points))
+
+    def render(self, target: np.ndarray) -> np.ndarray:
+        """The animated crop (S, S, 3) uint8 RGB for target landmarks."""
+        inputs = {**self.source.tensors, **driving_inputs(self.source, target)}
+        return self.engine.infer(inputs)["frame"][0]
+
+    def __call__(self, rgb: np.ndarray, timestamp: float | None = None) -> FrameResult:
+        t0 = time.perf_counter()
+        driver = self.track(rgb, timestamp)
+        t1 = time.perf_counter()
+        timings = {"track": (t1 - t0) * 1e3}
+        if driver is None:
+            timings["total"] = timings["track"]
+            return FrameResult(self._last, False, timings)
+        target = self.transfer(driver)
+        t2 = time.perf_counter()
+        self._last = self.render(target)
+        t3 = time.perf_counter()
+        timings.update(motion=(t2 - t1) * 1e3, generate=(t3 - t2) * 1e3, total=(t3 - t0) * 1e3)
+        return FrameResult(self._last, True, timings, driver)
+
+    def close(self) -> None:
+        self._tracker.close()

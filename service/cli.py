@@ -1,0 +1,166 @@
+"""The ``reenact`` command.  Arguments are parsed here, at the edge, and nowhere else.
+
+Sub-commands import their machinery lazily so ``reenact --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from models.errors import BadInputError, ReenactError
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data"  # the evaluation set beside a checkout
+EXIT_BAD_INPUT = 2
+
+
+def _default_photo() -> Path:
+    from service.builtin import AvatarCatalog
+
+    return next(iter(AvatarCatalog())).path
+
+
+def _animate(args: argparse.Namespace) -> None:
+    from service.offline import AnimateOptions, animate
+
+    options = AnimateOptions(
+        size=args.size,
+        mode=args.mode,
+        side_by_side=args.side_by_side,
+        full_photo=args.full_photo,
+        backend=args.backend,
+        progress=not args.quiet,
+    )
+    report = animate(args.source, args.driving, args.out, options)
+    print(
+        f"wrote {args.out}: {report.frames} frames at {report.fps:.2f} fps"
+        f"{', audio kept' if report.audio else ''}"
+        f"{f', face lost in {report.frames_without_face}' if report.frames_without_face else ''}"
+    )
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from service.benchmarks import pipeline
+
+    pipeline.run(
+        args.source or _default_photo(),
+        args.driving,
+        args.size,
+        args.backend,
+        frames=args.frames,
+        threads=args.threads,
+        out=args.out,
+    )
+
+
+def _export(args: argparse.Namespace) -> None:
+    from engines.export import export_generator
+    from models.source import generator_config
+
+    for size in args.size:
+        print(export_generator(generator_config(size)))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from service.app import run
+
+    run(host=args.host, port=args.port)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from service.evaluation import run
+
+    run(
+        args.data,
+        args.out,
+        size=args.size,
+        max_frames=args.max_frames,
+        clips=args.clips,
+        sources=args.sources,
+    )
+
+
+def _bench_rtc(args: argparse.Namespace) -> None:
+    from service.benchmarks import loopback
+
+    loopback.run(args.clients, args.seconds, args.size, args.out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reenact", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("animate", help="animate a portrait with a driving video")
+    a.add_argument("--source", type=Path, required=True, help="portrait photo (JPEG/PNG/WebP)")
+    a.add_argument("--driving", type=Path, required=True, help="driving video")
+    a.add_argument("--out", type=Path, required=True, help="output .mp4")
+    a.add_argument("--size", type=int, choices=(256, 512), default=256)
+    a.add_argument("--mode", choices=("relative", "absolute"), default="relative")
+    a.add_argument("--side-by-side", action="store_true", help="driver | avatar")
+    a.add_argument("--full-photo", action="store_true", help="paste back into the whole photo")
+    a.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=_animate)
+
+    b = sub.add_parser("bench", help="per-stage pipeline timing on this CPU")
+    b.add_argument("--source", type=Path, help="portrait (default: the built-in avatar)")
+    b.add_argument("--driving", type=Path, default=DEFAULT_DATA / "driving" / "lp_d10.mp4")
+    b.add_argument("--size", type=int, nargs="+", choices=(256, 512), default=[256, 512])
+    b.add_argument("--backend", nargs="+", default=["onnxruntime", "torch"])
+    b.add_argument("--frames", type=int, default=200)
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
+    b.set_defaults(func=_bench)
+
+    e = sub.add_parser("export", help="export the generator to ONNX into the engine cache")
+    e.add_argument("--size", type=int, action="append", choices=(256, 512))
+    e.set_defaults(func=_export)
+
+    s = sub.add_parser("serve", help="run the real-time service")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.set_defaults(func=_serve)
+
+    v = sub.add_parser("eval", help="quality evaluation on a folder of clips and portraits")
+    v.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    v.add_argument("--out", type=Path, required=True)
+    v.add_argument("--size", type=int, choices=(256, 512), default=256)
+    v.add_argument("--max-frames", type=int, default=None)
+    v.add_argument("--clips", nargs="+", default=None)
+    v.add_argument("--sources", nargs="+", default=None)
+    v.set_defaults(func=_eval)
+
+    r = sub.add_parser("bench-rtc", help="N loopback WebRTC clients against the server")
+    r.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
+    r.add_argument("--seconds", type=float, default=10.0)
+    r.add_argument("--size", type=int, choices=(256, 512), default=256)
+    r.add_argument("--out", type=Path, default=Path("reports/bench-rtc"))
+    r.set_defaults(func=_bench_rtc)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "export" and not args.size:
+        args.size = [256]
+    try:
+        args.func(args)
+    except BadInputError as e:
+        print(f"reenact: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ReenactError as e:
+        print(f"reenact: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
