@@ -12,8 +12,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from engines.base import Engine
+from models.action_units import expression_basis, state_from_action_units
 from models.landmarks import Landmarks
 from models.motion import Mode, MotionTransfer
 from models.pose import face_state
@@ -40,6 +42,7 @@ class Reenactor:
         self.transfer_motion = MotionTransfer(source.state, mode=mode)
         self._tracker = FaceTracker(video=True)
         self._last = source.crop
+        self._au_basis: np.ndarray | None = None
 
     def reset(self) -> None:
         """Take the next driver frame as the neutral reference (recalibrate)."""
@@ -56,6 +59,16 @@ class Reenactor:
         """The animated crop (S, S, 3) uint8 RGB for target landmarks."""
         inputs = {**self.source.tensors, **driving_inputs(self.source, target)}
         return self.engine.infer(inputs)["frame"][0]
+
+    def render_action_units(self, units: ArrayLike) -> np.ndarray:
+        """The avatar with an expression and head pose given by action units alone (FACEGAN).
+
+        ``units`` follows ``models.action_units.AU_NAMES``; NaN keeps the source's own value.
+        """
+        if self._au_basis is None:  # depends only on the source face: build it once
+            self._au_basis = expression_basis(self.source.state.shape)
+        state = state_from_action_units(self.source.state, units, basis=self._au_basis)
+        return self.render(state.points())
 
     def __call__(self, rgb: np.ndarray, timestamp: float | None = None) -> FrameResult:
         t0 = time.perf_counter()

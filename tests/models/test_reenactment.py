@@ -110,3 +110,21 @@ def test_identity_is_the_source_not_the_driver(engine: Engine) -> None:
     assert rel_src < rel_drv  # relative: the avatar keeps the source's face shape
     assert abs_src > rel_src  # absolute (no landmark transformer) leaks the driver's shape
     assert abs_drv < rel_drv
+
+
+def test_action_units_alone_drive_the_avatar(engine: Engine) -> None:
+    from models.action_units import AU_NAMES, action_units
+    from models.tracking import detect
+
+    reenactor = Reenactor(build_source(load_photo("lp_d2_frame0.jpg"), SIZE), engine)
+    neutral = action_units(face_state(detect(reenactor.source.crop).points))
+    units = np.full(len(AU_NAMES), np.nan)
+    units[AU_NAMES.index("jaw_open")] = 0.3
+    units[AU_NAMES.index("yaw")] = 15.0
+    edited = action_units(face_state(detect(reenactor.render_action_units(units)).points))
+    jaw, yaw_i = AU_NAMES.index("jaw_open"), AU_NAMES.index("yaw")
+    assert edited[jaw] - neutral[jaw] > 0.2  # the rendered mouth really opened
+    assert 7.0 < edited[yaw_i] - neutral[yaw_i] < 25.0  # and the head turned the asked way
+    eyes = [AU_NAMES.index("eye_closure_left"), AU_NAMES.index("eye_closure_right")]
+    assert np.abs(edited[eyes] - neutral[eyes]).max() < 0.3  # untouched units stay put
+    reenactor.close()
