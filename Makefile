@@ -6,6 +6,10 @@ BIN    := $(VENV)/bin
 # The stamp changes whenever the dependency list or this file does, so a second `make` is a no-op.
 STAMP  := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 MEDIAPIPE := mediapipe==0.10.21
+# Extras to install (dev = test tools) and whether to install Chromium for the browser test;
+# the Docker images set EXTRAS= BROWSER=0 for a runtime-only install.
+EXTRAS  ?= dev
+BROWSER ?= 1
 
 .PHONY: setup run test lint bench eval export clean
 
@@ -14,11 +18,11 @@ setup: $(STAMP)
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.$(if $(EXTRAS),[$(EXTRAS)])'
 	@# Lean mediapipe: the face-mesh solution without jax/opencv-contrib (see pyproject.toml).
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(MEDIAPIPE)
 	@# Debian's Chromium for the browser end-to-end test; never a downloaded browser build.
-	@command -v chromium >/dev/null 2>&1 || { \
+	@[ "$(BROWSER)" = 0 ] || command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: install Debian's chromium for the browser test (sudo apt-get install chromium)"; fi; }
 	$(BIN)/reenact export --size 256 --size 512
@@ -31,6 +35,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.gpu
 
 test: setup lint
 	$(BIN)/pytest -q

@@ -89,6 +89,30 @@ def _bench_rtc(args: argparse.Namespace) -> None:
     loopback.run(args.clients, args.seconds, args.size, args.out)
 
 
+def _encode(args: argparse.Namespace) -> None:
+    from service import compression
+
+    compression.encode_file(args.clip, args.out, keyframe=args.keyframe)
+
+
+def _decode(args: argparse.Namespace) -> None:
+    from service import compression
+
+    compression.decode_file(args.stream, args.out, size=args.size, loss=args.loss)
+
+
+def _peer(args: argparse.Namespace) -> None:
+    from service import peer
+
+    peer.run(args)
+
+
+def _bench_rd(args: argparse.Namespace) -> None:
+    from service.benchmarks import rate_distortion
+
+    rate_distortion.run(args.data, args.out, clips=args.clips, max_frames=args.max_frames)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reenact", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -140,6 +164,34 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--size", type=int, choices=(256, 512), default=256)
     r.add_argument("--out", type=Path, default=Path("reports/bench-rtc"))
     r.set_defaults(func=_bench_rtc)
+
+    k = sub.add_parser("encode", help="compress a talking-head clip to a keypoint stream (.rkp)")
+    k.add_argument("clip", type=Path)
+    k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--keyframe", type=int, default=0, help="index of the frame sent as keyframe")
+    k.set_defaults(func=_encode)
+
+    d = sub.add_parser("decode", help="rebuild a video from a keypoint stream (.rkp)")
+    d.add_argument("stream", type=Path)
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--size", type=int, choices=(256, 512), default=256)
+    d.add_argument("--loss", type=float, default=0.0, help="simulated packet loss, 0..1")
+    d.set_defaults(func=_decode)
+
+    q = sub.add_parser("peer", help="a keypoint-call peer over WebRTC (see docs/compression.md)")
+    q.add_argument("role", choices=("offer", "answer"))
+    q.add_argument("--video", type=Path, required=True, help="this peer's camera (a clip)")
+    q.add_argument("--signal", default="127.0.0.1:9999", help="host:port of the TCP signalling")
+    q.add_argument("--out", type=Path, default=None, help="write the rebuilt remote video here")
+    q.add_argument("--seconds", type=float, default=10.0)
+    q.set_defaults(func=_peer)
+
+    m = sub.add_parser("bench-rd", help="rate-distortion: keypoint codec vs VP8 and H.264")
+    m.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    m.add_argument("--out", type=Path, default=Path("reports/rate-distortion"))
+    m.add_argument("--clips", nargs="+", default=None)
+    m.add_argument("--max-frames", type=int, default=150)
+    m.set_defaults(func=_bench_rd)
     return p
 
 
