@@ -32,15 +32,26 @@ class CropBox:
         return cv2.invertAffineTransform(self.matrix(out_size))
 
 
-def face_box(landmarks: Landmarks, scale: float = 1.9, lift: float = 0.12) -> CropBox:
+def face_box(
+    landmarks: Landmarks, scale: float = 1.9, lift: float = 0.12, inside: bool = False
+) -> CropBox:
     """A crop that holds the whole head with room to move.
 
     ``scale`` multiplies the face oval's larger side; ``lift`` moves the centre up by that
     fraction of the face height, because the oval stops at the hairline and hair matters.
+    ``inside`` slides the box (never shrinks it) to stay within the image where it fits, so a
+    portrait framed tightly at the top is not padded with mirrored hair.
     """
     x0, y0, x1, y1 = landmarks.bbox()
     w, h = x1 - x0, y1 - y0
-    return CropBox(cx=(x0 + x1) / 2, cy=(y0 + y1) / 2 - lift * h, size=max(w, h) * scale)
+    cx, cy, size = (x0 + x1) / 2, (y0 + y1) / 2 - lift * h, max(w, h) * scale
+    if inside:
+        width, height = landmarks.image_size
+        if size <= width:
+            cx = min(max(cx, size / 2), width - size / 2)
+        if size <= height:
+            cy = min(max(cy, size / 2), height - size / 2)
+    return CropBox(cx=cx, cy=cy, size=size)
 
 
 def cut(image: np.ndarray, box: CropBox, out_size: int) -> np.ndarray:

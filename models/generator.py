@@ -84,7 +84,9 @@ def sample(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     y = (((grid[..., 1] + 1) * h - 1) / 2).clamp(0, h - 1)
     x0, y0 = x.floor(), y.floor()
     wx, wy = (x - x0)[:, None], (y - y0)[:, None]
-    x0i, y0i = x0.long(), y0.long()
+    # Indices are clamped again as integers: whatever a backend does with a float at the very
+    # edge (or a NaN), a gather never reads outside the image.
+    x0i, y0i = x0.long().clamp(0, w - 1), y0.long().clamp(0, h - 1)
     x1i, y1i = (x0i + 1).clamp(max=w - 1), (y0i + 1).clamp(max=h - 1)
     flat = image.reshape(b, c, h * w)
 

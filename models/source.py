@@ -152,7 +152,7 @@ def build_source(photo: np.ndarray, size: int = 256) -> SourceEmbedding:
         raise BadInputError(f"image too large: {photo.shape[1]}x{photo.shape[0]} pixels")
     config = generator_config(size)
     landmarks = detect(photo)
-    box = face_box(landmarks)
+    box = face_box(landmarks, inside=True)
     crop = cut(photo, box, size)
     crop_px = (to_crop(landmarks.points, box, size) + 1.0) * (size / 2.0) - 0.5  # pixel centres
     keypoints = np.concatenate([to_crop(landmarks.points[_WARP], box, size), ANCHORS])

@@ -15,8 +15,12 @@ import torch
 
 
 def kernel(r2: torch.Tensor) -> torch.Tensor:
-    """U as a function of the squared distance: r^2 log r^2 (0 at r = 0)."""
-    return r2 * torch.log(r2 + 1e-9)
+    """U as a function of the squared distance: r^2 log r^2 (0 at r = 0).
+
+    The floor is a clamp, not ``+ 1e-9``: the ONNX optimiser folds a tiny added constant away,
+    which turned a keypoint landing exactly on a grid point into 0 * log(0) = NaN.
+    """
+    return r2 * torch.log(r2.clamp(min=1e-9))
 
 
 def solve(
