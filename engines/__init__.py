@@ -2,20 +2,81 @@
 
 ``create_engine`` is the one entry point the rest of the code uses: it exports the generator
 to ONNX if the cache lacks it (``reenact export`` does that ahead of time) and loads a runner.
+Backends: ``onnxruntime`` (CPU, the default), ``torch`` (reference), ``onnxruntime-cuda``,
+``onnxruntime-tensorrt`` (onnxruntime's TensorRT execution provider), ``tensorrt`` (an engine
+built by build.py) and ``auto`` (TensorRT -> onnxruntime CUDA -> onnxruntime CPU; see
+selection.py).  For many sessions on one GPU, put a BatchScheduler (batching.py) in front of
+an engine created with ``max_batch`` > 1.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 from engines.base import Engine
+from engines.selection import AUTO_ORDER, BACKENDS, choose_backend, unavailable
 from models.errors import EngineError
 
-BACKENDS = ("onnxruntime", "torch")
+if TYPE_CHECKING:  # torch-free at import: engines.export imports torch
+    from engines.export import Precision
+    from models.generator import GeneratorConfig
+
+log = logging.getLogger(__name__)
 
 
 def create_engine(
-    backend: str = "onnxruntime", size: int = 256, threads: int | None = None
+    backend: str = "onnxruntime",
+    size: int = 256,
+    threads: int | None = None,
+    *,
+    max_batch: int = 1,
+    precision: Precision = "fp16",
+    device: int = 0,
 ) -> Engine:
-    """An engine running the warping generator at ``size``."""
+    """An engine running the warping generator at ``size``.
+
+    ``max_batch`` > 1 loads the batch-dynamic graph (inputs may then carry up to that many
+    rows); 1 keeps the batch-1 graph the CPU path has always used.  ``precision`` applies to
+    the TensorRT backends only (the others run float32).  An explicitly named backend that
+    cannot run here raises EngineError saying why; ``auto`` falls through to the next one and
+    logs the reason, and never builds a TensorRT engine (that takes minutes: build.py).
+    """
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != "auto":
+        choose_backend(backend)  # raises with the reason when it cannot run here
+        return _create(backend, size, threads, max_batch, precision, device, allow_build=True)
+    skipped: list[str] = []
+    for candidate in AUTO_ORDER:
+        why_not = unavailable(candidate)
+        if why_not is None:
+            try:
+                engine = _create(
+                    candidate, size, threads, max_batch, precision, device, allow_build=False
+                )
+            except EngineError as exc:
+                why_not = str(exc)
+            else:
+                reason = "first available of " + " -> ".join(AUTO_ORDER)
+                if skipped:
+                    reason += f" (skipped {'; '.join(skipped)})"
+                log.info("backend %s (auto): %s", candidate, reason)
+                return engine
+        skipped.append(f"{candidate}: {why_not}")
+    raise EngineError("no backend could start: " + "; ".join(skipped))  # CPU failed too
+
+
+def _create(
+    backend: str,
+    size: int,
+    threads: int | None,
+    max_batch: int,
+    precision: Precision,
+    device: int,
+    *,
+    allow_build: bool,
+) -> Engine:
     from models.source import generator_config
 
     config = generator_config(size)
@@ -24,12 +85,58 @@ def create_engine(
         from models.generator import WarpingGenerator
 
         return TorchEngine(WarpingGenerator(config), list(config.inputs()), threads)
+    if backend == "tensorrt":
+        from engines.build import build_generator_engine
+        from engines.tensorrt_runner import TensorRTEngine
+
+        path = build_generator_engine(
+            size, precision, max_batch, allow_build=allow_build, device=device
+        )
+        return TensorRTEngine(path, device)
+    from engines.export import export_generator
+    from engines.onnxruntime_runner import OnnxRuntimeEngine
+
+    onnx_path = export_generator(config, dynamic_batch=max_batch > 1)
     if backend == "onnxruntime":
-        from engines.export import export_generator
-        from engines.onnxruntime_runner import OnnxRuntimeEngine
+        return OnnxRuntimeEngine(onnx_path, threads)
+    engine = OnnxRuntimeEngine(
+        onnx_path, threads, _ort_gpu_providers(backend, config, max_batch, precision, device)
+    )
+    if engine.name != backend:  # onnxruntime falls back to the CPU silently; we do not
+        engine.close()
+        raise EngineError(f"{backend} did not start (onnxruntime runs on {engine.providers})")
+    return engine
 
-        return OnnxRuntimeEngine(export_generator(config), threads)
-    raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+def _ort_gpu_providers(
+    backend: str, config: GeneratorConfig, max_batch: int, precision: Precision, device: int
+) -> list[str | tuple[str, dict[str, object]]]:
+    """Provider list for onnxruntime on the GPU, with CUDA as the TensorRT EP's fallback."""
+    from engines.export import cache_dir
+
+    cuda: tuple[str, dict[str, object]] = ("CUDAExecutionProvider", {"device_id": device})
+    if backend == "onnxruntime-cuda":
+        return [cuda, "CPUExecutionProvider"]
+
+    def shapes(batch: int) -> str:
+        return ",".join(
+            f"{name}:{'x'.join(str(d) for d in (batch, *shape[1:]))}"
+            for name, shape in config.inputs().items()
+        )
+
+    trt_options: dict[str, object] = {
+        "device_id": device,
+        "trt_fp16_enable": precision == "fp16",
+        "trt_engine_cache_enable": True,  # else every start rebuilds for minutes
+        "trt_engine_cache_path": str(cache_dir() / "ort-tensorrt"),
+    }
+    if max_batch > 1:  # one profile over the batch axis, or it rebuilds per new batch size
+        trt_options |= {
+            "trt_profile_min_shapes": shapes(1),
+            "trt_profile_opt_shapes": shapes(max_batch),
+            "trt_profile_max_shapes": shapes(max_batch),
+        }
+    return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
 
 
-__all__ = ["BACKENDS", "Engine", "create_engine"]
+__all__ = ["BACKENDS", "Engine", "EngineError", "choose_backend", "create_engine"]
