@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+
+# One BLAS thread: the per-frame spline solve is a small system, and a multi-threaded BLAS
+# fighting onnxruntime for the same cores turned its 3 ms into 100 ms.  Set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from models.errors import BadInputError, ReenactError
 

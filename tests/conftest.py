@@ -6,7 +6,11 @@ data fails loudly rather than skipping: every face test is a core path.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# As in service/cli.py: a single-threaded BLAS, set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import av
 import cv2
