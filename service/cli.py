@@ -6,6 +6,7 @@ Sub-commands import their machinery lazily so ``reenact --help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -98,13 +99,15 @@ def _bench_rtc(args: argparse.Namespace) -> None:
 def _encode(args: argparse.Namespace) -> None:
     from service import compression
 
-    compression.encode_file(args.clip, args.out, keyframe=args.keyframe)
+    print(json.dumps(compression.encode_file(args.clip, args.out, keyframe=args.keyframe)))
 
 
 def _decode(args: argparse.Namespace) -> None:
     from service import compression
 
-    compression.decode_file(args.stream, args.out, size=args.size, loss=args.loss)
+    print(
+        json.dumps(compression.decode_file(args.stream, args.out, size=args.size, loss=args.loss))
+    )
 
 
 def _peer(args: argparse.Namespace) -> None:
