@@ -1,0 +1,27 @@
+"""Liveness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.api.deps import StateDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz(state: StateDep) -> dict[str, object]:
+    """200 while the app serves; also says how full it is."""
+    return {
+        "status": "ok",
+        "sessions": len(state.registry),
+        "max_sessions": state.settings.max_sessions,
+        "sizes": sorted(state.engines),
+    }
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus text format: sessions, frames in/out/dropped, per-stage latency histograms."""
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""WebRTC plumbing: latest-frame tracks and peer connections (aiortc)."""
