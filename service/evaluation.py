@@ -33,11 +33,9 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar, cast
@@ -61,7 +59,7 @@ from models.source import SourceEmbedding, build_source, generator_config
 from models.tracking import FaceTracker
 from service import report as report_io
 from service.offline import read_photo
-from service.system import cpu_quota
+from service.system import cpu_quota, single_threaded_children
 
 log = logging.getLogger(__name__)
 
@@ -628,27 +626,6 @@ def _work(job: Job) -> PairResult:
     return _WORKER(job)
 
 
-@contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """Environment for worker processes: one BLAS / OpenMP thread each.
-
-    With one worker per core, a multi-threaded BLAS in each (the spline solve) only fights the
-    other workers and onnxruntime for the same cores: measured, the 220x220 solve went from
-    ~3 ms to 80-130 ms.  Read by the libraries when they load, so set before the spawn.
-    """
-    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {n: os.environ.get(n) for n in names}
-    os.environ.update(dict.fromkeys(names, "1"))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _execute(units: list[Job], args: tuple, workers: int) -> Iterator[PairResult]:
     """Results of ``units`` in their order, computed by ``workers`` processes.
 
@@ -656,7 +633,7 @@ def _execute(units: list[Job], args: tuple, workers: int) -> Iterator[PairResult
     count, and a worker's single-threaded onnxruntime and BLAS give the same floats everywhere.
     """
     context = multiprocessing.get_context("spawn")  # never fork a process holding ORT threads
-    with _single_threaded_children():
+    with single_threaded_children():
         pool = context.Pool(workers, initializer=_start_worker, initargs=(args,))
     with pool:
         yield from pool.imap(_work, units, chunksize=1)

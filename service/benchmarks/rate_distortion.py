@@ -35,10 +35,7 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -67,7 +64,7 @@ from service.compression import (
     simulate_loss,
     stream_stats,
 )
-from service.system import cpu_quota
+from service.system import cpu_quota, single_threaded_children
 
 log = logging.getLogger(__name__)
 
@@ -319,22 +316,6 @@ def _work(path: Path) -> tuple[str, list[Row] | str, float]:
     return path.stem, result, time.perf_counter() - started
 
 
-@contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """One BLAS / OpenMP thread per worker process (read when the libraries load)."""
-    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {n: os.environ.get(n) for n in names}
-    os.environ.update(dict.fromkeys(names, "1"))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _select(folder: Path, names: list[str] | None) -> list[Path]:
     found = sorted(folder.glob("*.mp4"))
     if names is None:
@@ -367,7 +348,7 @@ def run(
     seconds: dict[str, float] = {}
     workers = min(cpu_quota(), len(paths))
     context = multiprocessing.get_context("spawn")  # never fork a process holding ORT threads
-    with _single_threaded_children():
+    with single_threaded_children():
         pool = context.Pool(workers, initializer=_start_worker, initargs=(max_frames, backend))
     with pool, tqdm(total=len(paths), desc="bench-rd", unit="clip") as bar:
         for name, result, spent in pool.imap(_work, paths, chunksize=1):
