@@ -21,11 +21,8 @@ from engines.batching import BatchScheduler
 from engines.export import export_generator
 from engines.onnxruntime_runner import OnnxRuntimeEngine
 from models.errors import EngineError
-from models.motion import MotionTransfer
-from models.pose import face_state
-from models.source import build_source, driving_inputs, generator_config
-from models.tracking import FaceTracker
-from tests.conftest import load_clip, load_photo
+from models.source import generator_config
+from tests.engines.inputs import Inputs, generator_inputs
 
 SIZE = 256
 MAX_BATCH = 8
@@ -33,8 +30,6 @@ MAX_BATCH = 8
 # engine's speed, so a scheduler that waited for a full batch (forever) or once per extra
 # request would still fail.
 SLACK_S = 0.25
-
-Inputs = dict[str, np.ndarray]
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +39,7 @@ def frames() -> list[Inputs]:
     Each portrait's constant tensors are the same array objects in all its frames, as in a
     real session.
     """
-    clip = load_clip("lp_d18.mp4", max_frames=3, step=40)  # neutral to open mouth
-    out: list[Inputs] = []
-    with FaceTracker(video=False) as tracker:
-        landmarks = [tracker(frame) for frame in clip]
-    for photo in ("az_detection5_a.jpg", "lp_s11.jpg"):
-        source = build_source(load_photo(photo), SIZE)
-        transfer = MotionTransfer(source.state)
-        for lm in landmarks:
-            assert lm is not None
-            out.append(
-                {**source.tensors, **driving_inputs(source, transfer(face_state(lm.points)))}
-            )
-    return out
+    return generator_inputs(SIZE, frames=3, step=40)
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,7 @@ import pytest
 from engines import Engine, create_engine
 from engines.batching import BatchScheduler
 from engines.selection import unavailable
-from models.motion import MotionTransfer
-from models.pose import face_state
-from models.source import build_source, driving_inputs
-from models.tracking import FaceTracker
-from tests.conftest import load_clip, load_photo
+from tests.engines.inputs import Inputs, generator_inputs
 
 pytestmark = pytest.mark.gpu
 needs_tensorrt = pytest.mark.skipif(
@@ -31,25 +27,12 @@ needs_ort_cuda = pytest.mark.skipif(
 )
 SIZE = 256
 MAX_BATCH = 8
-Inputs = dict[str, np.ndarray]
 
 
 @pytest.fixture(scope="module")
 def frames() -> list[Inputs]:
     """Four generator inputs: two portraits x two driving frames (neutral, open mouth)."""
-    clip = load_clip("lp_d18.mp4", max_frames=2, step=100)
-    with FaceTracker(video=False) as tracker:
-        landmarks = [tracker(f) for f in clip]
-    out = []
-    for photo in ("az_detection5_a.jpg", "lp_s11.jpg"):
-        source = build_source(load_photo(photo), SIZE)
-        transfer = MotionTransfer(source.state)
-        for lm in landmarks:
-            assert lm is not None
-            out.append(
-                {**source.tensors, **driving_inputs(source, transfer(face_state(lm.points)))}
-            )
-    return out
+    return generator_inputs(SIZE, frames=2, step=100)
 
 
 @pytest.fixture(scope="module")
