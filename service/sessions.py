@@ -66,8 +66,10 @@ class Session:
         executor: Executor,
         metrics: Metrics,
         on_end: Callable[[Session, str], None],
+        owner: str | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
+        self.owner = owner  # the API key id that created it; None in local/dev mode
         self.token = secrets.token_urlsafe(24)
         self.options = options
         self.state: State = "created"
@@ -293,13 +295,18 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    @property
+    def occupied(self) -> int:
+        """Live sessions plus those being created: what counts against max_sessions."""
+        return len(self._sessions) + self._pending
+
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
 
     @contextlib.contextmanager
     def reserve(self) -> Iterator[None]:
         """Hold a place while a session is created; ServerFullError when none is left."""
-        if len(self._sessions) + self._pending >= self._settings.max_sessions:
+        if self.occupied >= self._settings.max_sessions:
             self._metrics.rejected.inc()
             raise ServerFullError(
                 f"the server is full ({self._settings.max_sessions} sessions)",
@@ -311,7 +318,9 @@ class SessionRegistry:
         finally:
             self._pending -= 1
 
-    def open(self, options: SessionOptions, reenactor: Reenactor) -> Session:
+    def open(
+        self, options: SessionOptions, reenactor: Reenactor, owner: str | None = None
+    ) -> Session:
         """Register a new session around a ready Reenactor (call inside :meth:`reserve`)."""
         session = Session(
             options,
@@ -320,6 +329,7 @@ class SessionRegistry:
             executor=self._executor,
             metrics=self._metrics,
             on_end=lambda s, reason: self.end_soon(s.id, reason),
+            owner=owner,
         )
         self._sessions[session.id] = session
         self._metrics.sessions_total.inc()

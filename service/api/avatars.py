@@ -29,13 +29,13 @@ async def list_avatars(state: StateDep, request: Request) -> list[AvatarOut]:
             credit=a.credit,
             image=str(request.url_for("avatar_image", name=a.name).path),
         )
-        for a in state.sources.catalog
+        for a in state.catalog
     ]
 
 
 @router.get("/{name}/image", name="avatar_image", response_class=FileResponse)
 async def avatar_image(name: str, state: StateDep) -> FileResponse:
     """The portrait itself (JPEG), e.g. for a picker."""
-    if name not in state.sources.catalog:
+    if name not in state.catalog:
         raise HTTPException(404, f"no built-in avatar {name!r}")
-    return FileResponse(state.sources.catalog.get(name).path)
+    return FileResponse(state.catalog.get(name).path)

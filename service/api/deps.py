@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.sessions import Session
 from service.state import ServiceState
 
 _bearer = HTTPBearer(auto_error=False, description="The token returned by POST /v1/sessions")
@@ -21,16 +21,20 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_session(
+@dataclass(frozen=True)
+class SessionRef:
+    """A session id from the path and the token the caller presented (checked by the host)."""
+
+    id: str
+    token: str | None
+
+
+def session_ref(
     session_id: str,
-    state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     token: Annotated[str | None, Query(description="Session token, if no bearer header")] = None,
-) -> Session:
-    """The session named in the path, once its token checks out (404 before 401)."""
-    session = state.registry.get(session_id)
-    session.check_token(credentials.credentials if credentials is not None else token)
-    return session
+) -> SessionRef:
+    return SessionRef(session_id, credentials.credentials if credentials is not None else token)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionRefDep = Annotated[SessionRef, Depends(session_ref)]

@@ -13,11 +13,12 @@ router = APIRouter(tags=["operations"])
 @router.get("/healthz")
 async def healthz(state: StateDep) -> dict[str, object]:
     """200 while the app serves; also says how full it is."""
+    load = await state.host.load()
     return {
         "status": "ok",
-        "sessions": len(state.registry),
-        "max_sessions": state.settings.max_sessions,
-        "sizes": sorted(state.engines),
+        "sessions": load.sessions,
+        "max_sessions": load.capacity,
+        "sizes": list(load.sizes),
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated, Literal
 
@@ -10,10 +9,9 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from models.errors import BadInputError
-from models.pipeline import Reenactor
-from service.api.deps import SessionDep, StateDep
-from service.errors import NotSupportedError, PayloadTooLargeError, UnsupportedMediaError
-from service.sessions import Session, SessionOptions
+from service.api.deps import SessionRefDep, StateDep
+from service.errors import PayloadTooLargeError, UnsupportedMediaError
+from service.hosting import SessionRequest, SessionView
 from service.settings import IceServer
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -54,19 +52,19 @@ class SdpMessage(BaseModel):
     sdp: str
 
 
-def _describe(session: Session, request: Request, state: StateDep) -> SessionOut:
-    o = session.options
+def _describe(view: SessionView, request: Request, state: StateDep) -> SessionOut:
+    o = view.options
     return SessionOut(
-        id=session.id,
-        status=session.state,
+        id=view.id,
+        status=view.status,
         options=OptionsOut(size=o.size, fps=o.fps, mode=o.mode, avatar=o.avatar),
         links=Links(
-            session=request.url_for("get_session", session_id=session.id).path,
-            offer=request.url_for("post_offer", session_id=session.id).path,
+            session=request.url_for("get_session", session_id=view.id).path,
+            offer=request.url_for("post_offer", session_id=view.id).path,
         ),
         ice_servers=state.settings.ice_servers,
-        age_s=round(session.age_s(), 2),
-        stats=session.stats.snapshot(),
+        age_s=view.age_s,
+        stats=view.stats,
     )
 
 
@@ -93,45 +91,28 @@ async def create_session(
     ] = "avatar",
 ) -> SessionCreated:
     """Create a session; 503 + Retry-After when the server is full."""
-    settings = state.settings
-    with state.registry.reserve():
-        if mode == "keypoints":
-            raise NotSupportedError(
-                "mode 'keypoints' (sending motion keypoints for the client to render) is not "
-                "supported yet; use mode 'avatar'"
-            )
-        if size not in state.engines:
-            raise BadInputError(f"size {size} is not served here (served: {sorted(state.engines)})")
-        if photo is not None and avatar is not None:
-            raise BadInputError("give either a photo or an avatar name, not both")
-        if photo is not None:
-            # One byte over the limit is enough for decode_image to refuse it.
-            data = await photo.read(settings.max_upload_bytes + 1)
-            source = await state.sources.from_upload(data, size)
-        else:
-            avatar = avatar or settings.default_avatar
-            source = await state.sources.builtin(avatar, size)
-        # The Reenactor builds its own face tracker: also too slow for the event loop.
-        reenactor = await asyncio.to_thread(Reenactor, source, state.engines[size])
-        session = state.registry.open(
-            SessionOptions(size=size, fps=min(fps, settings.max_fps), mode=mode, avatar=avatar),
-            reenactor,
-        )
-    out = _describe(session, request, state)
+    data = None
+    if photo is not None:
+        # One byte over the limit is enough for decode_image to refuse it.
+        data = await photo.read(state.settings.max_upload_bytes + 1)
+    view, token = await state.host.create(
+        SessionRequest(size=size, fps=fps, mode=mode, avatar=avatar, photo=data)
+    )
+    out = _describe(view, request, state)
     response.headers["Location"] = out.links.session
-    return SessionCreated(**out.model_dump(), token=session.token)
+    return SessionCreated(**out.model_dump(), token=token)
 
 
 @router.get("/{session_id}", name="get_session", response_model=SessionOut)
-async def get_session(session: SessionDep, state: StateDep, request: Request) -> SessionOut:
+async def get_session(ref: SessionRefDep, state: StateDep, request: Request) -> SessionOut:
     """State and live stats: fps in/out, dropped frames, stage latencies, face present."""
-    return _describe(session, request, state)
+    return _describe(await state.host.view(ref.id, ref.token), request, state)
 
 
 @router.delete("/{session_id}", status_code=204)
-async def delete_session(session: SessionDep, state: StateDep) -> Response:
+async def delete_session(ref: SessionRefDep, state: StateDep) -> Response:
     """End the session and free everything it holds."""
-    await state.registry.end(session.id, "deleted")
+    await state.host.end(ref.id, ref.token, "deleted")
     return Response(status_code=204)
 
 
@@ -152,7 +133,7 @@ async def delete_session(session: SessionDep, state: StateDep) -> Response:
         }
     },
 )
-async def post_offer(session: SessionDep, state: StateDep, request: Request) -> Response:
+async def post_offer(ref: SessionRefDep, state: StateDep, request: Request) -> Response:
     """Send a complete (non-trickle) SDP offer; get the complete answer.
 
     ``Content-Type: application/sdp`` is answered WHIP-style (201, ``application/sdp``,
@@ -162,8 +143,8 @@ async def post_offer(session: SessionDep, state: StateDep, request: Request) -> 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await _read_limited(request, state.settings.max_sdp_bytes)
     if content_type == SDP_TYPE:
-        answer = await session.negotiate(_text(body))
-        location = request.url_for("get_session", session_id=session.id).path
+        answer = await state.host.negotiate(ref.id, ref.token, _text(body))
+        location = request.url_for("get_session", session_id=ref.id).path
         return Response(
             answer, status_code=201, media_type=SDP_TYPE, headers={"Location": location}
         )
@@ -174,7 +155,7 @@ async def post_offer(session: SessionDep, state: StateDep, request: Request) -> 
             raise BadInputError(f"expected JSON {{type: 'offer', sdp: ...}}: {e}") from e
         if offer.type != "offer":
             raise BadInputError(f"expected an offer, got {offer.type!r}")
-        answer = await session.negotiate(offer.sdp)
+        answer = await state.host.negotiate(ref.id, ref.token, offer.sdp)
         return Response(
             SdpMessage(type="answer", sdp=answer).model_dump_json(),
             media_type="application/json",

@@ -15,6 +15,8 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from service.app import create_app, serving
+from service.hosting import LocalHost
+from service.sessions import SessionRegistry
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -41,6 +43,13 @@ class LiveServer:
     def state(self) -> ServiceState:
         state: ServiceState = self.app.state.service
         return state
+
+    @property
+    def registry(self) -> SessionRegistry:
+        """The in-process sessions (test apps run a LocalHost)."""
+        host = self.state.host
+        assert isinstance(host, LocalHost)
+        return host.registry
 
     async def create_session(self, **form: str) -> dict[str, Any]:
         response = await self.http.post("/v1/sessions", data=form)

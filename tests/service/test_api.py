@@ -26,8 +26,8 @@ async def api() -> AsyncIterator[LiveServer]:
 @pytest_asyncio.fixture(autouse=True, loop_scope="module")
 async def no_leftover_sessions(api: LiveServer) -> AsyncIterator[None]:
     yield
-    for session in api.state.registry:
-        await api.state.registry.end(session.id, "test cleanup")
+    for session in api.registry:
+        await api.registry.end(session.id, "test cleanup")
 
 
 def no_face_photo() -> bytes:
@@ -104,7 +104,7 @@ async def test_uploaded_portrait_makes_a_session(api: LiveServer) -> None:
     )
     assert response.status_code == 201, response.text
     assert response.json()["options"]["avatar"] is None
-    assert len(api.state.registry) == 1
+    assert len(api.registry) == 1
 
 
 BAD_UPLOADS = {
@@ -132,7 +132,7 @@ async def test_bad_uploads_are_refused_and_the_server_stays_healthy(
     )
     assert response.status_code == status, response.text
     assert words in response.json()["detail"].lower()
-    assert len(api.state.registry) == 0  # nothing half-created is left behind
+    assert len(api.registry) == 0  # nothing half-created is left behind
     await api.healthy()
     await api.create_session()  # and it still creates sessions
 

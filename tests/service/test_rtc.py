@@ -71,7 +71,7 @@ async def test_avatar_follows_the_driver_live(server: LiveServer) -> None:
         stats = (await client.stats())["stats"]
         latencies = client.latencies_ms()
     assert await gone(server, client)
-    assert len(server.state.registry) == 0
+    assert len(server.registry) == 0
 
     received = report.frames
     images = images_of(received)
@@ -168,7 +168,7 @@ async def test_a_crashing_session_does_not_hurt_another(server: LiveServer) -> N
         ClipClient(server.url, frames, FPS, max_fps=8) as bystander,
     ):
         await asyncio.gather(victim.play(0.5), bystander.play(0.5))
-        session = server.state.registry.get(str(victim.session["id"]))
+        session = server.registry.get(str(victim.session["id"]))
 
         def broken(target: np.ndarray) -> np.ndarray:
             raise RuntimeError("injected generator failure")
@@ -206,13 +206,13 @@ async def test_sessions_are_freed_when_their_peer_goes_away(short_lived: LiveSer
         ClipClient(server.url, frames, FPS) as leaver,
     ):
         await asyncio.gather(frozen.play(0.3), leaver.play(0.3))
-        assert len(server.state.registry) == 3
+        assert len(server.registry) == 3
         frozen.track.pause()  # no more frames, no goodbye: media timeout
         await leaver.hang_up()  # the server sees the track end at once
         assert await wait_until(lambda: gone(server, leaver), 3)
         assert await wait_until(lambda: gone(server, frozen), 6)
     assert await wait_until(lambda: status_is(server, never_offered, 404), 6)  # idle TTL
-    assert len(server.state.registry) == 0
+    assert len(server.registry) == 0
     metrics = (await server.http.get("/metrics")).text
     for reason in ("media timeout", "idle ttl"):
         assert f'reenact_sessions_ended_total{{reason="{reason}"}} 1.0' in metrics

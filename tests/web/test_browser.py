@@ -103,7 +103,7 @@ async def test_page_starts_a_call_and_shows_the_avatar(
 
     await page.click("#start")
     await page.wait_for_selector("body[data-state=live]", timeout=30_000)
-    assert len(live.state.registry) == 1
+    assert len(live.registry) == 1
 
     # Avatar frames keep arriving: framesDecoded (from getStats) rises.
     await page.wait_for_function(
@@ -132,10 +132,10 @@ async def test_page_starts_a_call_and_shows_the_avatar(
     await page.click("#stop")
     await page.wait_for_selector("body[data-state=idle]")
     for _ in range(50):
-        if len(live.state.registry) == 0:
+        if len(live.registry) == 0:
             break
         await page.wait_for_timeout(100)
-    assert len(live.state.registry) == 0
+    assert len(live.registry) == 0
     assert errors == []
 
 
@@ -163,4 +163,4 @@ async def test_page_says_when_the_photo_has_no_face(
     await page.wait_for_selector("body[data-state=error]", timeout=20_000)
     message = await page.text_content("#message")
     assert message is not None and "No face found" in message
-    assert len(live.state.registry) == 0
+    assert len(live.registry) == 0

@@ -1,0 +1,219 @@
+"""The seam between the HTTP API and wherever sessions run.
+
+The API never touches a session object: it calls a :class:`SessionHost` with plain, picklable
+values (:class:`SessionRequest` in, :class:`SessionView` out) and gets the project's own errors
+back.  That is what lets the same routes drive sessions in this process (:class:`LocalHost`,
+the default) or on a pool of worker processes or machines (``service.cluster``), where every
+call crosses a process boundary.
+
+A :class:`LocalHost` owns everything a session needs in one process: one engine per output
+size, the executor every frame is computed on, the session registry and the avatar sources.
+:func:`local_host` builds one and tears it down in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from engines import Engine, create_engine
+from models.errors import BadInputError
+from models.pipeline import Reenactor
+from service.builtin import AvatarCatalog
+from service.errors import NotSupportedError
+from service.metrics import Metrics
+from service.sessions import Session, SessionOptions, SessionRegistry
+from service.settings import Settings
+from service.sources import Sources
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What ``POST /v1/sessions`` asked for, checked for shape but not yet for sense."""
+
+    size: int
+    fps: int
+    mode: str = "avatar"
+    avatar: str | None = None  # a built-in avatar name; None with no photo: the default avatar
+    photo: bytes | None = None  # an uploaded portrait, still encoded
+    owner: str | None = None  # the API key's id; None in local/dev mode
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """A snapshot of one session: what ``GET /v1/sessions/{id}`` shows."""
+
+    id: str
+    status: str
+    options: SessionOptions
+    age_s: float
+    stats: dict[str, object]
+    owner: str | None
+    host: str  # which host runs it ("local", or a cluster worker's name)
+
+
+@dataclass(frozen=True)
+class HostLoad:
+    """How full a host is; the cluster places new sessions on the emptiest."""
+
+    sessions: int  # live plus being created
+    capacity: int
+    sizes: tuple[int, ...]  # output sizes served
+    by_owner: dict[str, int] = field(default_factory=dict)  # live sessions per API key id
+
+
+class SessionHost(Protocol):
+    """Everything the API needs from wherever sessions run.  Errors are the project's own
+    (service/errors.py, models/errors.py): the API maps them to HTTP statuses."""
+
+    async def create(self, request: SessionRequest) -> tuple[SessionView, str]:
+        """Make a session (its source embedding is computed here); returns it and its token."""
+        ...
+
+    async def view(self, session_id: str, token: str | None) -> SessionView: ...
+
+    async def negotiate(self, session_id: str, token: str | None, offer_sdp: str) -> str:
+        """Answer the client's complete SDP offer with a complete answer."""
+        ...
+
+    async def end(self, session_id: str, token: str | None, reason: str) -> None: ...
+
+    async def load(self) -> HostLoad: ...
+
+
+class LocalHost:
+    """Sessions in this process.  Built by :func:`local_host`."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        engines: dict[int, Engine],
+        registry: SessionRegistry,
+        sources: Sources,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.engines = engines
+        self.registry = registry
+        self.sources = sources
+
+    async def create(self, request: SessionRequest) -> tuple[SessionView, str]:
+        settings = self.settings
+        with self.registry.reserve():
+            if request.mode == "keypoints":
+                raise NotSupportedError(
+                    "mode 'keypoints' (sending motion keypoints for the client to render) is not "
+                    "supported yet; use mode 'avatar'"
+                )
+            if request.size not in self.engines:
+                served = sorted(self.engines)
+                raise BadInputError(f"size {request.size} is not served here (served: {served})")
+            if request.photo is not None and request.avatar is not None:
+                raise BadInputError("give either a photo or an avatar name, not both")
+            avatar = None
+            if request.photo is not None:
+                source = await self.sources.from_upload(request.photo, request.size)
+            else:
+                avatar = request.avatar or settings.default_avatar
+                source = await self.sources.builtin(avatar, request.size)
+            # The Reenactor builds its own face tracker: too slow for the event loop.
+            reenactor = await asyncio.to_thread(Reenactor, source, self.engines[request.size])
+            options = SessionOptions(
+                size=request.size,
+                fps=min(request.fps, settings.max_fps),
+                mode=request.mode,
+                avatar=avatar,
+            )
+            session = self.registry.open(options, reenactor, owner=request.owner)
+        return self._view(session), session.token
+
+    async def view(self, session_id: str, token: str | None) -> SessionView:
+        return self._view(self._authorised(session_id, token))
+
+    async def negotiate(self, session_id: str, token: str | None, offer_sdp: str) -> str:
+        return await self._authorised(session_id, token).negotiate(offer_sdp)
+
+    async def end(self, session_id: str, token: str | None, reason: str) -> None:
+        session = self._authorised(session_id, token)
+        await self.registry.end(session.id, reason)
+
+    async def load(self) -> HostLoad:
+        by_owner: dict[str, int] = {}
+        for session in self.registry:
+            if session.owner is not None:
+                by_owner[session.owner] = by_owner.get(session.owner, 0) + 1
+        return HostLoad(
+            sessions=self.registry.occupied,
+            capacity=self.settings.max_sessions,
+            sizes=tuple(sorted(self.engines)),
+            by_owner=by_owner,
+        )
+
+    def _authorised(self, session_id: str, token: str | None) -> Session:
+        """The session, once its token checks out (404 before 401: ids are not secret)."""
+        session = self.registry.get(session_id)
+        session.check_token(token)
+        return session
+
+    def _view(self, session: Session) -> SessionView:
+        return SessionView(
+            id=session.id,
+            status=session.state,
+            options=session.options,
+            age_s=round(session.age_s(), 2),
+            stats=session.stats.snapshot(),
+            owner=session.owner,
+            host=self.name,
+        )
+
+
+@asynccontextmanager
+async def local_host(
+    settings: Settings, metrics: Metrics, name: str = "local"
+) -> AsyncIterator[LocalHost]:
+    """Start the engines, executor and session registry; on exit close them in order.
+
+    Shutdown is bounded: sessions are closed concurrently (peers first, then workers), each
+    step under ``shutdown_timeout_s``; then the janitor, executor and engines go.
+    """
+    engines: dict[int, Engine] = {}
+    executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="reenact-frame")
+    janitor: asyncio.Task[None] | None = None
+    registry: SessionRegistry | None = None
+    try:
+        for size in dict.fromkeys(settings.sizes):
+            # Slow only when the ONNX cache is cold (`make setup` fills it), hence a thread.
+            engines[int(size)] = await asyncio.to_thread(
+                create_engine, settings.backend, size, settings.engine_threads
+            )
+        registry = SessionRegistry(settings, metrics, executor)
+        sources = Sources(settings, AvatarCatalog())
+        # The default avatar is what the page offers first: embed it now, not on first click.
+        for served in engines:
+            await sources.builtin(settings.default_avatar, served)
+        janitor = asyncio.get_running_loop().create_task(registry.run_janitor(), name="janitor")
+        log.info(
+            "%s host ready: sizes %s, backend %s, %d frame workers, max %d sessions",
+            name,
+            list(engines),
+            settings.backend,
+            settings.workers,
+            settings.max_sessions,
+        )
+        yield LocalHost(name, settings, engines, registry, sources)
+    finally:
+        if registry is not None:
+            await registry.close_all()
+        if janitor is not None:
+            janitor.cancel()
+        await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        for engine in engines.values():
+            engine.close()
