@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from engines import Engine, create_engine
+from engines.batching import BatchScheduler
 from models.errors import BadInputError
 from models.pipeline import Reenactor
 from service.builtin import AvatarCatalog
@@ -191,9 +192,7 @@ async def local_host(
     try:
         for size in dict.fromkeys(settings.sizes):
             # Slow only when the ONNX cache is cold (`make setup` fills it), hence a thread.
-            engines[int(size)] = await asyncio.to_thread(
-                create_engine, settings.backend, size, settings.engine_threads
-            )
+            engines[int(size)] = await asyncio.to_thread(_engine, settings, int(size))
         registry = SessionRegistry(settings, metrics, executor)
         sources = Sources(settings, AvatarCatalog())
         # The default avatar is what the page offers first: embed it now, not on first click.
@@ -217,3 +216,12 @@ async def local_host(
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
         for engine in engines.values():
             engine.close()
+
+
+def _engine(settings: Settings, size: int) -> Engine:
+    """The generator engine for one size, behind a cross-session batch scheduler if asked."""
+    batch = settings.batch_max_size
+    engine = create_engine(settings.backend, size, settings.engine_threads, max_batch=batch)
+    if batch <= 1:
+        return engine
+    return BatchScheduler(engine, max_batch=batch, max_wait_ms=settings.batch_max_wait_ms)

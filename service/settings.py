@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     # Frames processed at once across all sessions; None: the CPU quota.  More than the number
     # of cores only makes every session slower.
     inference_workers: int | None = None
+    # Batching across sessions (engines/batching.py): > 1 runs each size's generator through a
+    # BatchScheduler that gathers up to this many sessions' frames into one engine call, each
+    # frame waiting at most batch_max_wait_ms for company.  Pays on a GPU (set
+    # inference_workers to at least the sessions expected, so their frames can meet); on a
+    # CPU one frame already fills the cores, so the default is 1 (no scheduler).
+    batch_max_size: int = 1
+    batch_max_wait_ms: float = 3.0
 
     # Sessions.
     max_sessions: int = 4
@@ -78,7 +85,9 @@ class Settings(BaseSettings):
 
     web_dir: Path | None = REPO_ROOT / "web"  # the browser client; None: do not serve it
 
-    @field_validator("max_sessions", "max_fps", "max_upload_bytes", "max_image_pixels")
+    @field_validator(
+        "max_sessions", "max_fps", "max_upload_bytes", "max_image_pixels", "batch_max_size"
+    )
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:
