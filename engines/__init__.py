@@ -139,4 +139,100 @@ def _ort_gpu_providers(
     return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
 
 
-__all__ = ["BACKENDS", "Engine", "EngineError", "choose_backend", "create_engine"]
+def create_face_mesh_engine(
+    backend: str = "onnxruntime",
+    threads: int | None = None,
+    *,
+    max_batch: int = 1,
+    device: int = 0,
+) -> Engine:
+    """An engine running mediapipe's face mesh (models/landmark_net.FaceMeshNetwork).
+
+    Inputs ``image`` (B, 192, 192, 3) uint8; outputs ``landmarks`` (B, 478, 3) crop pixels and
+    ``presence`` (B,).  Same backend names and fall-through as ``create_engine``; the graph is
+    always batch-dynamic (``max_batch`` bounds TensorRT's profile).  TensorRT runs it in float32:
+    its float16 needs a float16 graph (see export.py), not made for this network yet.
+    """
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    candidates = AUTO_ORDER if backend == "auto" else (backend,)
+    skipped: list[str] = []
+    for candidate in candidates:
+        why_not = unavailable(candidate)
+        if why_not is None:
+            try:
+                engine = _create_face_mesh(candidate, threads, max_batch, device, backend)
+            except EngineError as exc:
+                if backend != "auto":
+                    raise
+                why_not = str(exc)
+            else:
+                if skipped:
+                    log.info("face mesh on %s (auto; skipped %s)", candidate, "; ".join(skipped))
+                return engine
+        elif backend != "auto":
+            raise EngineError(f"{backend} cannot run here: {why_not}")
+        skipped.append(f"{candidate}: {why_not}")
+    raise EngineError("no backend could start the face mesh: " + "; ".join(skipped))
+
+
+def _create_face_mesh(
+    backend: str, threads: int | None, max_batch: int, device: int, asked: str
+) -> Engine:
+    from models.landmark_net import FaceMeshNetwork
+
+    if backend == "torch":
+        from engines.torch_runner import TorchEngine
+
+        module = FaceMeshNetwork()
+        return TorchEngine(
+            module, list(module.input_names), threads, output_names=module.output_names
+        )
+    from engines.export import cache_dir, export_face_mesh
+
+    onnx_path = export_face_mesh()
+    if backend == "tensorrt":
+        from engines.build import build_engine
+        from engines.tensorrt_runner import TensorRTEngine
+
+        # Like create_engine("auto"), never a build of minutes unless asked for by name.
+        path = build_engine(
+            onnx_path, "fp32", max_batch, device=device, allow_build=asked == "tensorrt"
+        )
+        return TensorRTEngine(path, device)
+    from engines.onnxruntime_runner import OnnxRuntimeEngine
+
+    if backend == "onnxruntime":
+        return OnnxRuntimeEngine(onnx_path, threads)
+    cuda: tuple[str, dict[str, object]] = ("CUDAExecutionProvider", {"device_id": device})
+    providers: list[str | tuple[str, dict[str, object]]] = [cuda, "CPUExecutionProvider"]
+    if backend == "onnxruntime-tensorrt":
+        side = FaceMeshNetwork.crop_size
+
+        def shape(batch: int) -> str:
+            return f"image:{batch}x{side}x{side}x3"
+
+        trt: dict[str, object] = {
+            "device_id": device,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache_dir() / "ort-tensorrt"),
+            "trt_profile_min_shapes": shape(1),
+            "trt_profile_opt_shapes": shape(max_batch),
+            "trt_profile_max_shapes": shape(max_batch),
+        }
+        providers.insert(0, ("TensorrtExecutionProvider", trt))
+    engine = OnnxRuntimeEngine(onnx_path, threads, providers)
+    if engine.name != backend:  # onnxruntime falls back to the CPU silently; we do not
+        engine.close()
+        raise EngineError(f"{backend} did not start (onnxruntime runs on {engine.providers})")
+    return engine
+
+
+__all__ = [
+    "BACKENDS",
+    "Engine",
+    "EngineError",
+    "choose_backend",
+    "create_engine",
+    "create_face_mesh_engine",
+]

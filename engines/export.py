@@ -188,3 +188,61 @@ def export_generator(
     program.save(str(tmp))
     tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return path
+
+
+FACE_MESH_MODEL = "face_landmark/face_landmark_with_attention.tflite"  # inside mediapipe's wheel
+
+
+def face_mesh_artifact_path(model: Path | None = None) -> Path:
+    """Where the cache keeps the face-mesh graph: face-mesh-<key>.onnx.
+
+    The key covers what the graph is made of: the .tflite file's bytes (a different mediapipe
+    wheel, a different network), the source of the module that rebuilds it, the opset, torch
+    and the batch bound.
+    """
+    from models import landmark_net
+
+    model = model or landmark_net.bundled_model(FACE_MESH_MODEL)
+    payload = hashlib.sha256(model.read_bytes()).hexdigest().encode()
+    payload += inspect.getsource(landmark_net).encode()
+    payload += f"opset{OPSET}torch{torch.__version__}dynamic-batch<={MAX_BATCH}".encode()
+    return cache_dir() / f"face-mesh-{hashlib.sha256(payload).hexdigest()[:16]}.onnx"
+
+
+def export_face_mesh(path: Path | None = None, *, model: Path | None = None) -> Path:
+    """Export mediapipe's face mesh (models/landmark_net.FaceMeshNetwork) to ONNX, unless cached.
+
+    Input ``image`` (batch, 192, 192, 3) uint8; outputs ``landmarks`` (batch, 478, 3) and
+    ``presence`` (batch,).  The batch axis is always symbolic (1..MAX_BATCH): one session's
+    frame is batch 1, and a BatchScheduler can stack several sessions' crops on a GPU.
+    """
+    from models.landmark_net import CROP_SIZE, FaceMeshNetwork
+
+    path = path or face_mesh_artifact_path(model)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("exporting the face mesh to %s", path)
+    module = FaceMeshNetwork(model).eval()
+    # Batch 2 to trace: torch.export specialises a size-1 example axis to a constant.
+    image = torch.zeros(2, CROP_SIZE, CROP_SIZE, 3, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.export's own chatter, as above
+        warnings.simplefilter("ignore", DeprecationWarning)
+        program = torch.onnx.export(
+            module,
+            (image,),
+            input_names=list(FaceMeshNetwork.input_names),
+            output_names=list(FaceMeshNetwork.output_names),
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            dynamic_shapes=({0: batch},),
+        )
+    assert program is not None
+    program.save(str(tmp))
+    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    return path
