@@ -45,6 +45,7 @@ from models.codec import (
     nominal_ms,
     quantize,
     quantize_landmarks,
+    seq_difference,
 )
 from models.contour_basis import NUM_COEFFICIENTS
 from models.crop import CropBox, cut, face_box
@@ -93,6 +94,7 @@ class EncoderStats:
     bases: int = 0
     basis_bytes: int = 0
     no_face: int = 0
+    skipped: int = 0  # camera frames the sender never saw (:meth:`Encoder.skip_to`)
 
     @property
     def bits_per_packet(self) -> float:
@@ -153,6 +155,7 @@ class Encoder:
         self._bases: dict[int, Basis] = {}
         self._active: Basis | None = None
         self._next_basis = 1
+        self._keyframe_time = 0.0  # seconds, the caller's clock
         # Measured expressions since the keyframe, for learning a basis (about a minute).
         self.history: deque[np.ndarray] = deque(maxlen=history)
 
@@ -194,6 +197,7 @@ class Encoder:
             landmarks=quantize_landmarks(self.to_picture(landmarks)),
             image=encode_picture(picture, self.image_format, self.quality),
         )
+        self._keyframe_time = timestamp
         self.history.clear()  # expressions are measured from the keyframe's face
         self.stats.keyframes += 1
         self.stats.keyframe_bytes += len(self.keyframe.to_bytes())
@@ -234,6 +238,28 @@ class Encoder:
         self.stats.packets += 1
         self.stats.packet_bits += packet.bits
         return packet
+
+    def skip_to(self, timestamp: float) -> int:
+        """Advance the sequence number to the camera frame due at ``timestamp``; returns how
+        many frames were skipped.
+
+        For a sender that does not see every camera frame (a server that drops frames when
+        tracking is slower than the camera): the frames it never saw become gaps, as frames
+        without a face do, which the receiver conceals.  Without this, each packet's timestamp
+        would drift further from the one its sequence number predicts, and the jitter field
+        would grow by a few bits every second until it clipped.  Call it before :meth:`encode`
+        with that frame's timestamp; a no-op before the first keyframe.
+        """
+        if self.keyframe is None:
+            return 0
+        frame = round((timestamp - self._keyframe_time) * self.fps)  # since the keyframe's
+        ahead = seq_difference((self.keyframe.seq + frame) % SEQ_MODULO, self._seq)
+        if ahead <= 0:
+            return 0
+        self._seq = (self._seq + ahead) % SEQ_MODULO
+        self.stats.frames += ahead
+        self.stats.skipped += ahead
+        return ahead
 
     def _jitter(self, seq: int, timestamp: float) -> int:
         assert self.keyframe is not None

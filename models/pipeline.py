@@ -4,12 +4,17 @@ Each step is small and separately callable (evaluation and the compression codec
 ``Reenactor.__call__`` just chains them and times each stage.  One Reenactor per driver
 stream: it owns a stateful video tracker and the driver's reference frame.  The engine is
 passed in and may be shared by many Reenactors.
+
+:class:`FrameRenderer` is the call surface a live session needs (frame in, frame out, reset,
+close).  The Reenactor is one; the server's keypoint relay (``service.relay``) is another, so
+the session worker drives either without knowing which.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -23,6 +28,19 @@ from models.source import SourceEmbedding, driving_inputs
 from models.tracking import FaceTracker
 
 
+@dataclass(frozen=True)
+class StreamCost:
+    """What one frame cost on a keypoint stream, in payload bytes (no transport headers).
+
+    ``motion_bytes`` is this frame's motion packet (0 when none was sent: no face);
+    ``keyframe_bytes`` and ``basis_bytes`` are one-off reliable messages sent with it.
+    """
+
+    motion_bytes: int = 0
+    keyframe_bytes: int = 0
+    basis_bytes: int = 0
+
+
 @dataclass
 class FrameResult:
     """One output frame and what it cost."""
@@ -31,6 +49,27 @@ class FrameResult:
     face_found: bool
     timings_ms: dict[str, float] = field(default_factory=dict)  # track, motion, generate, total
     landmarks: Landmarks | None = None  # the driver's, when found
+    stream: StreamCost | None = None  # bytes sent, when the frame went through a keypoint codec
+
+
+class FrameRenderer(Protocol):
+    """One driver stream in, one output stream out: what a live session's worker calls.
+
+    Not thread-safe: the caller serialises calls (one frame at a time, then ``close`` once).
+    """
+
+    def __call__(self, rgb: np.ndarray, timestamp: float | None = None) -> FrameResult:
+        """The output for one driver frame (H, W, 3) uint8 RGB; ``timestamp`` in seconds,
+        increasing (the driver's media clock)."""
+        ...
+
+    def reset(self) -> None:
+        """Re-anchor on the next driver frame (the page's Re-centre)."""
+        ...
+
+    def close(self) -> None:
+        """Release the tracker and anything else held; no call follows."""
+        ...
 
 
 class Reenactor:

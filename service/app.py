@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from service.api import avatars, errors, health, sessions
+from service.api.auth import Guard
+from service.api.limits import BodySizeLimit
 from service.metrics import Metrics
 from service.settings import Settings
 from service.state import running
@@ -27,6 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """The app for ``settings``.  Raises ConfigurationError for an unsafe configuration (no API
+    keys on a non-loopback host) before anything starts."""
+    settings.check_exposure()
     metrics = Metrics()  # per app: tests build many apps in one process
 
     @asynccontextmanager
@@ -42,8 +47,21 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.guard = Guard(settings)  # API keys and per-key limits
     errors.install(app)
-    limit_upload_size(app, settings.max_upload_bytes + UPLOAD_OVERHEAD)
+    # Every route: the largest body any route takes is a portrait upload with its form.
+    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + UPLOAD_OVERHEAD)
+    if settings.cors_origins:
+        # Added last, so outermost: refusals (413, 401, 429) carry CORS headers too and a page
+        # on another origin can read them.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            expose_headers=["Location", "Retry-After"],
+            max_age=600,
+        )
     app.include_router(health.router)
     app.include_router(avatars.router)
     app.include_router(sessions.router)
@@ -56,40 +74,23 @@ def create_app(settings: Settings) -> FastAPI:
 UPLOAD_OVERHEAD = 64 * 1024  # multipart boundaries and the small form fields
 
 
-def limit_upload_size(app: FastAPI, limit: int) -> None:
-    """Refuse a session upload by its declared length, before the form is parsed and spooled.
-
-    The route still checks the bytes it reads (a chunked upload declares no length).
-    """
-
-    @app.middleware("http")
-    async def refuse_large_uploads(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        declared = request.headers.get("content-length", "")
-        if (
-            request.method == "POST"
-            and request.url.path == "/v1/sessions"
-            and declared.isdigit()
-            and int(declared) > limit
-        ):
-            return JSONResponse(
-                {"detail": f"upload of {declared} bytes is over the limit", "error": "too_large"},
-                status_code=413,
-            )
-        return await call_next(request)
-
-
 def run(host: str | None = None, port: int | None = None) -> None:
-    """``reenact serve``: settings from REENACT_* (host/port overridable), then uvicorn."""
+    """``reenact serve``: settings from REENACT_* (host/port overridable), then uvicorn.
+
+    An unsafe configuration raises ConfigurationError before anything starts (``reenact``
+    prints it and exits with status 1).
+    """
     settings = Settings()
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = settings.model_copy(update=updates)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The service's own loggers; libraries keep the root level (aioice is chatty at INFO).
     logging.getLogger("service").setLevel(settings.log_level.upper())
+    app = create_app(settings)
+    if settings.dev_mode:
+        log.info("no API keys configured: local/dev mode, serving %s only", settings.host)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -90,8 +90,12 @@ class Sender:
 
     def frame(self, rgb: np.ndarray, timestamp: float) -> Outgoing:
         """Track one camera frame and encode it."""
-        landmarks = self._tracker(rgb, timestamp)
-        return self.landmarks(landmarks, timestamp, rgb)
+        return self.landmarks(self.track(rgb, timestamp), timestamp, rgb)
+
+    def track(self, rgb: np.ndarray, timestamp: float) -> Landmarks | None:
+        """The face in one camera frame (478 points, camera pixels), without encoding it; a
+        caller timing tracking apart from coding passes the result to :meth:`landmarks`."""
+        return self._tracker(rgb, timestamp)
 
     def landmarks(
         self, landmarks: Landmarks | None, timestamp: float, rgb: np.ndarray | None = None
@@ -152,10 +156,22 @@ class Receiver:
         self.size = size
         self.decoder = decoder or Decoder()
         self.source: SourceEmbedding | None = None
-        self._source_epoch: int | None = None
+        self._source_epoch: int | None = None  # the keyframe last tried
+        self._built_epoch: int | None = None  # the keyframe ``source`` was built from
 
     def receive(self, data: bytes) -> None:
         self.decoder.receive(data)
+
+    @property
+    def keyframe_unusable(self) -> bool:
+        """The current keyframe's picture was tried and gave no source (no face found in it):
+        what is shown comes from an older keyframe, or nothing is; worth asking for a new one."""
+        keyframe = self.decoder.keyframe
+        return (
+            keyframe is not None
+            and self._source_epoch == keyframe.epoch
+            and self._built_epoch != keyframe.epoch
+        )
 
     def ensure_source(self) -> SourceEmbedding | None:
         """The embedding of the current keyframe's picture (built once per keyframe)."""
@@ -166,6 +182,7 @@ class Receiver:
             self._source_epoch = keyframe.epoch
             try:
                 self.source = build_source(keyframe.decode_image(), self.size)
+                self._built_epoch = keyframe.epoch
             except BadInputError as e:  # no face, or a picture that does not decode
                 log.warning("keyframe %d unusable (%s): keeping the last one", keyframe.epoch, e)
         return self.source

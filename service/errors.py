@@ -20,12 +20,19 @@ class SessionNotFoundError(ReenactError):
     """No live session has this id (it never existed, ended, or expired)."""
 
 
+class SessionEndedError(SessionNotFoundError):
+    """The session existed and has ended recently; its id is kept a while to say how it ended.
+
+    A subclass of SessionNotFoundError: whatever treats "not live" one way keeps working.
+    """
+
+
 class SessionConflictError(ReenactError):
     """The request does not fit the session's state (e.g. a second offer)."""
 
 
 class UnauthorizedError(ReenactError):
-    """The session token is missing or wrong."""
+    """The API key or session token is missing, wrong or expired."""
 
 
 class ServerFullError(ReenactError):
@@ -34,6 +41,19 @@ class ServerFullError(ReenactError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooManyRequestsError(ReenactError):
+    """One API key is over its request rate or its share of sessions; retry after
+    ``retry_after`` seconds.  Unlike ServerFullError, other keys are unaffected."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ConfigurationError(ReenactError):
+    """The settings are unsafe or inconsistent; the server refuses to start."""
 
 
 class NotSupportedError(ReenactError):

@@ -24,10 +24,10 @@ from typing import Protocol
 from engines import Engine, create_engine
 from engines.batching import BatchScheduler
 from models.errors import BadInputError
-from models.pipeline import Reenactor
+from models.pipeline import FrameRenderer, Reenactor
 from service.builtin import AvatarCatalog
-from service.errors import NotSupportedError
 from service.metrics import Metrics
+from service.relay import KeypointRelay
 from service.sessions import Session, SessionOptions, SessionRegistry
 from service.settings import Settings
 from service.sources import Sources
@@ -58,6 +58,7 @@ class SessionView:
     stats: dict[str, object]
     owner: str | None
     host: str  # which host runs it ("local", or a cluster worker's name)
+    ended_reason: str | None = None  # why, once status is "ended" or "failed"
 
 
 @dataclass(frozen=True)
@@ -109,34 +110,50 @@ class LocalHost:
     async def create(self, request: SessionRequest) -> tuple[SessionView, str]:
         settings = self.settings
         with self.registry.reserve():
-            if request.mode == "keypoints":
-                raise NotSupportedError(
-                    "mode 'keypoints' (sending motion keypoints for the client to render) is not "
-                    "supported yet; use mode 'avatar'"
-                )
             if request.size not in self.engines:
                 served = sorted(self.engines)
                 raise BadInputError(f"size {request.size} is not served here (served: {served})")
-            if request.photo is not None and request.avatar is not None:
-                raise BadInputError("give either a photo or an avatar name, not both")
+            fps = min(request.fps, settings.max_fps)
+            engine = self.engines[request.size]
             avatar = None
-            if request.photo is not None:
-                source = await self.sources.from_upload(request.photo, request.size)
+            renderer: FrameRenderer
+            if request.mode == "keypoints":
+                if request.photo is not None or request.avatar is not None:
+                    raise BadInputError(
+                        "mode 'keypoints' rebuilds the sender's own face from its keypoints: "
+                        "send no photo or avatar"
+                    )
+                # The relay's sender builds a face tracker: too slow for the event loop.
+                renderer = await asyncio.to_thread(KeypointRelay, engine, request.size, fps)
             else:
-                avatar = request.avatar or settings.default_avatar
-                source = await self.sources.builtin(avatar, request.size)
-            # The Reenactor builds its own face tracker: too slow for the event loop.
-            reenactor = await asyncio.to_thread(Reenactor, source, self.engines[request.size])
-            options = SessionOptions(
-                size=request.size,
-                fps=min(request.fps, settings.max_fps),
-                mode=request.mode,
-                avatar=avatar,
-            )
-            session = self.registry.open(options, reenactor, owner=request.owner)
+                if request.photo is not None and request.avatar is not None:
+                    raise BadInputError("give either a photo or an avatar name, not both")
+                if request.photo is not None:
+                    source = await self.sources.from_upload(request.photo, request.size)
+                else:
+                    avatar = request.avatar or settings.default_avatar
+                    source = await self.sources.builtin(avatar, request.size)
+                # The Reenactor builds its own face tracker: too slow for the event loop.
+                renderer = await asyncio.to_thread(Reenactor, source, engine)
+            options = SessionOptions(size=request.size, fps=fps, mode=request.mode, avatar=avatar)
+            session = self.registry.open(options, renderer, owner=request.owner)
         return self._view(session), session.token
 
     async def view(self, session_id: str, token: str | None) -> SessionView:
+        """A live session, or one that ended recently (status ``ended``/``failed``, reason)."""
+        ended = self.registry.ended(session_id)
+        if ended is not None:
+            ended.check_token(token)
+            return SessionView(
+                id=ended.id,
+                status=ended.status,
+                options=ended.options,
+                age_s=ended.age_s,
+                stats=ended.stats,
+                owner=ended.owner,
+                host=self.name,
+                ended_reason=ended.reason,
+            )
         return self._view(self._authorised(session_id, token))
 
     async def negotiate(self, session_id: str, token: str | None, offer_sdp: str) -> str:
@@ -159,7 +176,13 @@ class LocalHost:
         )
 
     def _authorised(self, session_id: str, token: str | None) -> Session:
-        """The session, once its token checks out (404 before 401: ids are not secret)."""
+        """The live session, once its token checks out (404 before 401: ids are not secret).
+
+        A recently ended one is SessionEndedError (410), but only to its own token.
+        """
+        ended = self.registry.ended(session_id)
+        if ended is not None:
+            ended.check_token(token)
         session = self.registry.get(session_id)
         session.check_token(token)
         return session

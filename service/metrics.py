@@ -50,6 +50,12 @@ class Metrics:
         self.frame_errors = Counter(
             "reenact_frame_errors", "Frames whose processing raised", registry=self.registry
         )
+        self.keypoint_bytes = Counter(
+            "reenact_keypoint_bytes",
+            "Keypoint stream payload bytes sent by relay sessions, by message kind",
+            ["kind"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

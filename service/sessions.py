@@ -1,10 +1,14 @@
 """Sessions: one portrait, one peer connection, one worker; and the registry that bounds them.
 
 A session is created by REST (its source embedding is computed then, once), gets its media by
-one SDP offer, and ends by DELETE, by its peer going away (track ended, ICE failed/closed, or no
-video for ``media_timeout_s``), by never receiving video for ``idle_ttl_s``, by a worker failure,
-or at shutdown.  Whatever ends it, :meth:`Session.close` releases everything in the same order:
-the peer connection first (so nothing new arrives), then the worker, then the Reenactor.
+one SDP offer, and ends by DELETE, by its peer going away (track ended, ICE failed/closed, no
+video for ``media_timeout_s``, no telemetry heartbeat for ``heartbeat_timeout_s``, or never
+connecting within ``connect_timeout_s`` of the answer), by never receiving video for
+``idle_ttl_s``, by reaching ``max_session_s``, by a worker failure, or at shutdown.  Whatever
+ends it, :meth:`Session.close` tells the client why (telemetry ``end``), then releases
+everything in the same order: the peer connection first (so nothing new arrives), then the
+worker, then the Reenactor.  An ended session leaves a small :class:`EndedSession` behind for
+``ended_keep_s``, so its owner can read how it ended.
 """
 
 from __future__ import annotations
@@ -17,18 +21,20 @@ import math
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 
-from models.pipeline import Reenactor
+from models.pipeline import FrameRenderer
 from service.errors import (
     ServerFullError,
     SessionConflictError,
+    SessionEndedError,
     SessionNotFoundError,
     UnauthorizedError,
 )
@@ -42,10 +48,46 @@ from service.worker import FaceLostFade, Worker
 log = logging.getLogger(__name__)
 
 State = Literal["created", "connecting", "live", "ended"]
+EndStatus = Literal["ended", "failed"]
+# Reasons that are the server's fault: the session shows status "failed", not "ended".
+FAILURE_REASONS = frozenset({"frames failing", "internal error"})
+ENDED_KEEP_MAX = 256  # ended sessions remembered at most (each for ended_keep_s)
 TELEMETRY_LABEL = "telemetry"
 TELEMETRY_MAX_BUFFERED = 64 * 1024  # bytes queued on the channel before telemetry is skipped
+TELEMETRY_MAX_MESSAGE = 4096  # a client message larger than this is ignored unparsed
+GOODBYE_WAIT_S = 0.25  # at close, how long the `end` message may take to leave
 RATE_ADVICE_PERIOD_S = 1.0
 MIN_ADVISED_FPS = 10
+
+
+def check_token(presented: str | None, expected: str) -> None:
+    """Constant-time token check; UnauthorizedError unless ``presented`` is ``expected``.
+
+    Compared as bytes: ``compare_digest`` refuses non-ASCII ``str``, and a token comes from
+    the client.
+    """
+    if presented is None or not secrets.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), expected.encode()
+    ):
+        raise UnauthorizedError("missing or wrong session token")
+
+
+def end_status(reason: str) -> EndStatus:
+    """``failed`` when the server is at fault (a worker crashed), ``ended`` otherwise."""
+    return "failed" if reason in FAILURE_REASONS else "ended"
+
+
+def _parse_telemetry(message: str | bytes) -> dict[str, Any] | None:
+    """A client's telemetry message as a JSON object, or None (too big, not JSON, not an
+    object).  The size is checked first: parsing is the expensive part, and deep nesting
+    makes ``json`` raise RecursionError."""
+    if len(message) > TELEMETRY_MAX_MESSAGE:
+        return None
+    try:
+        data = json.loads(message)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)
@@ -60,7 +102,7 @@ class Session:
     def __init__(
         self,
         options: SessionOptions,
-        reenactor: Reenactor,
+        reenactor: FrameRenderer,
         *,
         settings: Settings,
         executor: Executor,
@@ -74,7 +116,11 @@ class Session:
         self.options = options
         self.state: State = "created"
         self.created_at = time.monotonic()
+        # The token is only as long-lived as the session can be (the janitor ends it then).
+        self.token_expires_at = self.created_at + settings.max_session_s
         self.last_media_at: float | None = None
+        self.answered_at: float | None = None  # when the offer was answered
+        self.last_heartbeat_at: float | None = None  # last telemetry ping; None: never sent one
         self.stats = SessionStats(metrics)
         self._settings = settings
         self._on_end = on_end
@@ -97,8 +143,9 @@ class Session:
         self._closed = asyncio.Event()
 
     def check_token(self, token: str | None) -> None:
-        if token is None or not secrets.compare_digest(token, self.token):
-            raise UnauthorizedError("missing or wrong session token")
+        check_token(token, self.token)
+        if time.monotonic() > self.token_expires_at:
+            raise UnauthorizedError("the session token has expired")
 
     def age_s(self) -> float:
         return time.monotonic() - self.created_at
@@ -106,12 +153,38 @@ class Session:
     def idle_for(self, now: float) -> float:
         return now - (self.last_media_at if self.last_media_at is not None else self.created_at)
 
+    def overdue(self, now: float) -> str | None:
+        """Why the session should end now, if it should: the janitor's question.
+
+        ``idle ttl``: no video ever, ``idle_ttl_s`` after creation; ``connect timeout``: the
+        offer was answered but the peer did not connect within ``connect_timeout_s``;
+        ``media timeout``: video flowed, then stopped for ``media_timeout_s``; ``heartbeat
+        lost``: the client sent heartbeats, then none for ``heartbeat_timeout_s`` (a vanished
+        peer, even one that never sent video); ``max duration``: ``max_session_s`` reached.
+        """
+        s = self._settings
+        if now - self.created_at > s.max_session_s:
+            return "max duration"
+        beat = self.last_heartbeat_at
+        if beat is not None and now - beat > s.heartbeat_timeout_s:
+            return "heartbeat lost"
+        answered = self.answered_at
+        if (
+            self.state == "connecting"
+            and answered is not None
+            and now - answered > s.connect_timeout_s
+        ):
+            return "connect timeout"
+        if self.last_media_at is None:
+            return "idle ttl" if self.idle_for(now) > s.idle_ttl_s else None
+        return "media timeout" if self.idle_for(now) > s.media_timeout_s else None
+
     # -- signalling ---------------------------------------------------------------------------
 
     async def negotiate(self, offer_sdp: str) -> str:
         """Answer the client's offer (non-trickle).  One peer connection per session."""
         if self._closing:
-            raise SessionNotFoundError(f"session {self.id} has ended")
+            raise SessionEndedError(f"session {self.id} has ended; create a new one")
         if self.pc is not None:
             raise SessionConflictError(
                 f"session {self.id} already has a peer connection; create a new session"
@@ -155,6 +228,7 @@ class Session:
             await pc.close()
             raise
         self.state = "connecting"
+        self.answered_at = time.monotonic()
         self._spawn(self.worker.run(), "worker")
         self._spawn(self._advise_rate(), "rate")
         log.info("session %s: answered offer", self.id)
@@ -190,6 +264,7 @@ class Session:
                         "server_ms": round(added_ms, 2),
                         "arrived": round(rendered.arrived, 4),
                         "sent": round(sent_at, 4),
+                        **self.stats.telemetry(),  # keypoint sessions: the stream's rate
                     }
                 )
             )
@@ -227,15 +302,40 @@ class Session:
                 advised = advice
 
     def _on_message(self, message: str | bytes) -> None:
+        """Telemetry from the client: ``ping`` (a heartbeat, answered with ``pong``) and
+        ``reset``.
+
+        The client is not trusted: a message that is too big, not a JSON object, or of no
+        known type is counted (stats ``bad_messages``) and ignored.  Nothing here may raise:
+        aiortc's event emitter would re-raise into the SCTP transport and end the call.
+        """
         try:
-            data = json.loads(message)
-            kind = data.get("type") if isinstance(data, dict) else None
-        except (ValueError, UnicodeDecodeError):
-            kind = None
-        if kind == "reset":
-            self.worker.request_reset()
-        elif kind == "ping" and self._telemetry is not None:
-            self._telemetry.send(json.dumps({"type": "pong", "t": data.get("t")}))
+            data = _parse_telemetry(message) or {}
+            kind = data.get("type")
+            if kind == "ping":
+                self.last_heartbeat_at = time.monotonic()
+                t = data.get("t")
+                finite = isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+                self._send_telemetry({"type": "pong", "t": t if finite else None})
+            elif kind == "reset":
+                self.worker.request_reset()
+            else:
+                self.stats.bad_messages += 1
+        except Exception:
+            self.stats.bad_messages += 1
+            log.warning("session %s: telemetry message not handled", self.id, exc_info=True)
+
+    def _send_telemetry(self, message: dict[str, object]) -> bool:
+        """Send one JSON message if the channel is open and not backed up; whether it was."""
+        channel = self._telemetry
+        if (
+            channel is None
+            or channel.readyState != "open"
+            or channel.bufferedAmount >= TELEMETRY_MAX_BUFFERED
+        ):
+            return False
+        channel.send(json.dumps(message))
+        return True
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
@@ -252,17 +352,33 @@ class Session:
     # -- teardown -----------------------------------------------------------------------------
 
     async def close(self, reason: str, timeout: float) -> None:
-        """End the session and free everything; idempotent, bounded by ``timeout`` per step."""
+        """End the session and free everything; idempotent, bounded by ``timeout`` in all.
+
+        The client is told why first (telemetry ``{"type": "end", "reason", "status"}``), when
+        its channel is open: a page can say so instead of showing a frozen picture.
+        """
         if self._closing:
             await self._closed.wait()
             return
         self._closing = True
         self.state = "ended"
         log.info("session %s: ending (%s)", self.id, reason)
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:  # each step gets what is left, never nothing
+            return max(0.05, deadline - time.monotonic())
+
         try:
+            goodbye: dict[str, object] = {
+                "type": "end",
+                "reason": reason,
+                "status": end_status(reason),
+            }
+            if self._send_telemetry(goodbye):
+                await self._drain_telemetry(min(GOODBYE_WAIT_S, left()))
             if self.pc is not None:  # peers first: nothing new arrives after this
                 try:
-                    await asyncio.wait_for(self.pc.close(), timeout)
+                    await asyncio.wait_for(self.pc.close(), left())
                 except TimeoutError:
                     log.warning("session %s: peer connection close timed out", self.id)
             self.output.stop()
@@ -272,17 +388,63 @@ class Session:
             for task in tasks:
                 task.cancel()
             if tasks:
-                await asyncio.wait(tasks, timeout=timeout)
+                await asyncio.wait(tasks, timeout=left())
             try:
-                await asyncio.wait_for(self.worker.close(), timeout)
+                await asyncio.wait_for(self.worker.close(), left())
             except TimeoutError:
                 log.warning("session %s: a frame was still computing at close", self.id)
         finally:
             self._closed.set()
 
+    async def _drain_telemetry(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until what was sent on the telemetry channel has left."""
+        end = time.monotonic() + timeout
+        channel = self._telemetry
+        while (
+            channel is not None
+            and channel.readyState == "open"
+            and channel.bufferedAmount > 0
+            and time.monotonic() < end
+        ):
+            await asyncio.sleep(0.01)
+
+
+@dataclass(frozen=True)
+class EndedSession:
+    """What is kept of an ended session for ``ended_keep_s``: enough to say how it ended,
+    nothing heavy (no peer connection, no renderer)."""
+
+    id: str
+    owner: str | None
+    options: SessionOptions
+    status: EndStatus
+    reason: str
+    age_s: float  # how long it lived
+    stats: dict[str, object]  # its stats when it ended
+    ended_at: float  # time.monotonic()
+    token: str = field(repr=False)
+
+    @classmethod
+    def of(cls, session: Session, reason: str, now: float) -> EndedSession:
+        return cls(
+            id=session.id,
+            owner=session.owner,
+            options=session.options,
+            status=end_status(reason),
+            reason=reason,
+            age_s=round(now - session.created_at, 2),
+            stats=session.stats.snapshot(),
+            ended_at=now,
+            token=session.token,
+        )
+
+    def check_token(self, token: str | None) -> None:
+        """The session's own token still reads how it ended (only that) while it is kept."""
+        check_token(token, self.token)
+
 
 class SessionRegistry:
-    """The live sessions, the max-sessions limit, expiry, and cleanup."""
+    """The live sessions, the max-sessions limit, expiry, cleanup, and the recently ended."""
 
     def __init__(self, settings: Settings, metrics: Metrics, executor: Executor) -> None:
         self._settings = settings
@@ -291,6 +453,8 @@ class SessionRegistry:
         self._sessions: dict[str, Session] = {}
         self._pending = 0  # sessions being created (their source embedding is computing)
         self._ending: set[asyncio.Task[None]] = set()
+        # Oldest first; at most ENDED_KEEP_MAX, each for ended_keep_s.
+        self._ended: OrderedDict[str, EndedSession] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -319,9 +483,10 @@ class SessionRegistry:
             self._pending -= 1
 
     def open(
-        self, options: SessionOptions, reenactor: Reenactor, owner: str | None = None
+        self, options: SessionOptions, reenactor: FrameRenderer, owner: str | None = None
     ) -> Session:
-        """Register a new session around a ready Reenactor (call inside :meth:`reserve`)."""
+        """Register a new session around a ready renderer (Reenactor or keypoint relay; call
+        inside :meth:`reserve`)."""
         session = Session(
             options,
             reenactor,
@@ -338,35 +503,79 @@ class SessionRegistry:
         return session
 
     def get(self, session_id: str) -> Session:
+        """A live session; SessionEndedError if it ended recently, SessionNotFoundError if
+        there is no such session (or it ended long ago)."""
         try:
             return self._sessions[session_id]
         except KeyError:
+            ended = self.ended(session_id)
+            if ended is not None:
+                raise SessionEndedError(
+                    f"session {session_id!r} has ended ({ended.reason}); create a new one"
+                ) from None
             raise SessionNotFoundError(f"no session {session_id!r}") from None
 
+    def ended(self, session_id: str) -> EndedSession | None:
+        """The record of a recently ended session, if it is still kept.
+
+        A live session whose time is up (:meth:`Session.overdue`) is ended here and now rather
+        than at the janitor's next round: whoever asks never sees it alive past its limits
+        (its token expired, its heartbeat lost).
+        """
+        now = time.monotonic()
+        live = self._sessions.get(session_id)
+        if live is not None and (reason := live.overdue(now)) is not None:
+            self.end_soon(session_id, reason)
+        self._forget_ended(now)
+        return self._ended.get(session_id)
+
+    def _forget_ended(self, now: float) -> None:
+        keep_s = self._settings.ended_keep_s
+        while self._ended:
+            oldest = next(iter(self._ended.values()))
+            if now - oldest.ended_at <= keep_s and len(self._ended) <= ENDED_KEEP_MAX:
+                break
+            self._ended.popitem(last=False)
+
     async def end(self, session_id: str, reason: str) -> None:
-        session = self._sessions.pop(session_id, None)
-        if session is None:
-            return
-        self._metrics.active_sessions.set(len(self._sessions))
-        self._metrics.sessions_ended.labels(reason).inc()
-        await session.close(reason, self._settings.shutdown_timeout_s)
+        session = self._retire(session_id, reason)
+        if session is not None:
+            await session.close(reason, self._settings.shutdown_timeout_s)
 
     def end_soon(self, session_id: str, reason: str) -> None:
-        """End a session from a callback that cannot await (peer events, the worker)."""
-        if session_id not in self._sessions:
+        """End a session from a callback that cannot await (peer events, the worker).
+
+        It leaves the registry (and shows as ended) at once; its resources are freed by a task.
+        """
+        session = self._retire(session_id, reason)
+        if session is None:
             return
-        task = asyncio.get_running_loop().create_task(self.end(session_id, reason))
+        task = asyncio.get_running_loop().create_task(
+            session.close(reason, self._settings.shutdown_timeout_s)
+        )
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
 
+    def _retire(self, session_id: str, reason: str) -> Session | None:
+        """Take a live session out of the registry and keep its record; None if not live."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return None
+        now = time.monotonic()
+        self._ended[session_id] = EndedSession.of(session, reason, now)
+        self._forget_ended(now)
+        self._metrics.active_sessions.set(len(self._sessions))
+        self._metrics.sessions_ended.labels(reason).inc()
+        return session
+
     def expire(self, now: float) -> None:
-        """End sessions that never got video (idle TTL) or whose video stopped (peer gone)."""
+        """End the sessions whose time is up (see :meth:`Session.overdue`); forget ended ones
+        kept long enough."""
         for session in self:
-            if session.last_media_at is None:
-                if session.idle_for(now) > self._settings.idle_ttl_s:
-                    self.end_soon(session.id, "idle ttl")
-            elif session.idle_for(now) > self._settings.media_timeout_s:
-                self.end_soon(session.id, "media timeout")
+            reason = session.overdue(now)
+            if reason is not None:
+                self.end_soon(session.id, reason)
+        self._forget_ended(now)
 
     async def run_janitor(self, period_s: float = 1.0) -> None:
         while True:

@@ -2,20 +2,35 @@
 
 Built once by :func:`service.app.run` (or by whoever calls :func:`service.app.create_app`),
 never at import time, so tests can build as many differently-configured apps as they need.
-List values are JSON in the environment: ``REENACT_SIZES='[256]'``.
+List and mapping values are JSON in the environment: ``REENACT_SIZES='[256]'``,
+``REENACT_API_KEYS='{"acme": "<secret>"}'``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.errors import ConfigurationError
 from service.system import cpu_quota
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MIN_SECRET_CHARS = 16
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine (127.0.0.0/8, ::1,
+    localhost).  Wildcards ("0.0.0.0", "::", "") and other names are not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class IceServer(BaseModel):
@@ -32,6 +47,19 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+
+    # Access.  API keys, key id -> secret (JSON object in REENACT_API_KEYS).  The key id names
+    # the integrator in logs and quotas; the secret is what clients send, as
+    # `Authorization: Bearer <secret>` or `X-API-Key: <secret>`.  No keys: local/dev mode, which
+    # only serves a loopback host (see check_exposure).
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # Requests per API key: a token bucket refilled at this rate, holding up to burst requests.
+    # None: no rate limit.  Dev mode has no keys, hence no per-key limits.
+    rate_limit_per_minute: int | None = 60
+    rate_limit_burst: int = 20
+    max_sessions_per_key: int | None = None  # None: only max_sessions bounds a key
+    # Browser origins allowed to call the API from other pages (CORS); empty: same origin only.
+    cors_origins: list[str] = Field(default_factory=list)
 
     # Inference.  One engine per output size is created at start-up and shared by sessions.
     backend: str = "onnxruntime"
@@ -58,6 +86,12 @@ class Settings(BaseSettings):
     # Once video has flowed, this long without a frame means the peer is gone (ICE only reports
     # `failed` after ~30 s).
     media_timeout_s: float = 5.0
+    max_session_s: float = 3600.0  # hard cap on a session's life; its token expires with it
+    connect_timeout_s: float = 15.0  # offer answered but the peer never connects: end it
+    # Once a client has sent a telemetry heartbeat (ping), this long without one ends the
+    # session: a vanished peer is freed in seconds even when no video flowed.
+    heartbeat_timeout_s: float = 6.0
+    ended_keep_s: float = 60.0  # how long an ended session's status and reason stay readable
     max_fps: int = 30
     default_avatar: str = "astronaut"
     # Face lost: hold the last good frame this long, then fade it over fade_s.
@@ -82,17 +116,95 @@ class Settings(BaseSettings):
     # frame starts (aiortc's default): one camera frame interval less latency.  Process-wide.
     rtp_release_at_marker: bool = True
     max_sdp_bytes: int = 64 * 1024
+    # ICE host candidates bind only to UDP ports in rtc_port_min..rtc_port_max (both or
+    # neither), so a container or firewall can publish one fixed range; None: any port.  Each
+    # live session holds one port per host address.  Process-wide (service/rtc/ports.py).
+    rtc_port_min: int | None = None
+    rtc_port_max: int | None = None
+    # TURN with short-lived credentials (coturn's use-auth-secret, service/turn.py): each
+    # session's JSON carries a credential valid turn_ttl_s, derived from this shared secret,
+    # for the turn_urls, e.g. '["turn:turn.example.org:3478?transport=udp"]'.
+    turn_secret: SecretStr | None = None
+    turn_urls: list[str] = Field(default_factory=list)
+    turn_ttl_s: int = 600
+
+    # Where sessions run (docs/cluster.md): "local", in this process; "ray", on worker actors
+    # of a Ray cluster, each a LocalHost, so max_sessions, sizes and inference_workers then
+    # apply per worker.  ray_address None starts a private local cluster; "auto" or
+    # "host:6379" joins a running one.
+    cluster: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    ray_workers: int = 2
+    ray_cpus_per_worker: float = 1.0
+    ray_gpus_per_worker: float = 0.0
 
     web_dir: Path | None = REPO_ROOT / "web"  # the browser client; None: do not serve it
 
     @field_validator(
-        "max_sessions", "max_fps", "max_upload_bytes", "max_image_pixels", "batch_max_size"
+        "max_sessions",
+        "max_fps",
+        "max_upload_bytes",
+        "max_image_pixels",
+        "batch_max_size",
+        "rate_limit_per_minute",
+        "rate_limit_burst",
+        "max_sessions_per_key",
+        "max_session_s",
+        "connect_timeout_s",
+        "heartbeat_timeout_s",
+        "turn_ttl_s",
+        "ray_workers",
+        "ray_cpus_per_worker",
     )
     @classmethod
-    def _positive(cls, value: int) -> int:
-        if value <= 0:
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
             raise ValueError("must be positive")
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _strong_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        secrets = [secret.get_secret_value() for secret in keys.values()]
+        for key_id, secret in zip(keys, secrets, strict=True):
+            if not key_id.strip():
+                raise ValueError("an API key id is empty")
+            if len(secret) < MIN_SECRET_CHARS:
+                raise ValueError(
+                    f"API key {key_id!r} is shorter than {MIN_SECRET_CHARS} characters; make one "
+                    "with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                )
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two API key ids share one secret")
+        return keys
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Settings:
+        if (self.rtc_port_min is None) != (self.rtc_port_max is None):
+            raise ValueError("set both rtc_port_min and rtc_port_max, or neither")
+        low, high = self.rtc_port_min, self.rtc_port_max
+        if low is not None and high is not None and not 1 <= low <= high <= 65535:
+            raise ValueError(f"bad RTC port range {low}-{high}")
+        if (self.turn_secret is None) != (not self.turn_urls):
+            raise ValueError("set turn_secret and turn_urls together, or neither")
+        return self
+
+    @property
+    def dev_mode(self) -> bool:
+        """No API keys: anyone who can reach the port may create sessions."""
+        return not self.api_keys
+
+    def check_exposure(self) -> None:
+        """Refuse dev mode (no API keys) on anything but a loopback address.
+
+        Raises ConfigurationError saying what to do instead.
+        """
+        if self.dev_mode and not is_loopback(self.host):
+            raise ConfigurationError(
+                f"refusing to serve on {self.host!r} without API keys: anyone who can reach it "
+                'could use the server.  Set REENACT_API_KEYS=\'{"<key id>": "<secret>"}\' '
+                "(see docs/service.md), or serve on 127.0.0.1 (local/dev mode, no keys)"
+            )
 
     @property
     def workers(self) -> int:

@@ -21,7 +21,7 @@ import hmac
 import math
 from collections.abc import Sequence
 
-from service.settings import IceServer
+from service.settings import IceServer, Settings
 
 SEPARATOR = ":"  # coturn's default `rest-api-separator`
 TURN_SCHEMES = ("turn:", "turns:")
@@ -57,3 +57,17 @@ def turn_credentials(
     expiry = math.ceil(now) + ttl_s
     username = f"{expiry}{SEPARATOR}{label}" if label else str(expiry)
     return IceServer(urls=list(urls), username=username, credential=turn_password(secret, username))
+
+
+def session_ice_servers(settings: Settings, session_id: str, now: float) -> list[IceServer]:
+    """The ICE servers one session's client is told to use: the configured STUN/TURN servers,
+    plus, when a TURN secret is set, a TURN credential for this session valid ``turn_ttl_s``."""
+    servers = list(settings.ice_servers)
+    if settings.turn_secret is not None and settings.turn_urls:
+        secret = settings.turn_secret.get_secret_value()
+        servers.append(
+            turn_credentials(
+                secret, settings.turn_urls, ttl_s=settings.turn_ttl_s, label=session_id, now=now
+            )
+        )
+    return servers

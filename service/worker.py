@@ -2,13 +2,15 @@
 
 One task per session loops: wait for the session's fps cap and for a driver frame, then queue
 one job in the shared inference executor.  The job takes the newest frame from the inbox when a
-thread starts it (older ones were overwritten and counted), runs the Reenactor, and the result
-goes to the avatar track.  Only one frame per session is ever in flight, so a slow session drops
-frames instead of queueing them; the executor's size bounds how many frames are computed at once
-across all sessions (no oversubscribed cores); and a job that waited for a thread still computes
-the freshest frame.
+thread starts it (older ones were overwritten and counted), runs the session's
+:class:`models.pipeline.FrameRenderer` (a Reenactor animating a portrait, or the keypoint relay
+rebuilding the sender, :mod:`service.relay`), and the result goes to the outbound track.
+Only one frame per session is ever in flight, so a slow session drops frames instead of
+queueing them; the executor's size bounds how many frames are computed at once across all
+sessions (no oversubscribed cores); and a job that waited for a thread still computes the
+freshest frame.
 
-The Reenactor is not thread-safe and is used from executor threads, so every call into it
+The renderer is not thread-safe and is used from executor threads, so every call into it
 (including close) holds the worker's lock.
 """
 
@@ -27,7 +29,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
 from models.errors import ReenactError
-from models.pipeline import Reenactor
+from models.pipeline import FrameRenderer, StreamCost
 from service.rtc.tracks import Arrival, AvatarTrack, LatestSlot, Rendered
 from service.stats import SessionStats
 
@@ -64,7 +66,7 @@ class Worker:
     def __init__(
         self,
         session_id: str,
-        reenactor: Reenactor,
+        renderer: FrameRenderer,
         executor: Executor,
         output: AvatarTrack,
         stats: SessionStats,
@@ -75,21 +77,22 @@ class Worker:
     ) -> None:
         self.session_id = session_id
         self.inbox: LatestSlot[Arrival] = LatestSlot()
-        self._reenactor = reenactor
+        self._renderer = renderer
         self._executor = executor
         self._output = output
         self._stats = stats
         self._max_fps = max_fps
         self._fade = fade
         self._on_fatal = on_fatal
-        self._lock = threading.Lock()  # guards the Reenactor (used from executor threads)
+        self._lock = threading.Lock()  # guards the renderer (used from executor threads)
         self._closed = False
         self._reset_requested = False
         self._lost_since: float | None = None  # driver time the face was lost, seconds
 
     @property
-    def reenactor(self) -> Reenactor:
-        return self._reenactor
+    def reenactor(self) -> FrameRenderer:
+        """The session's frame renderer (named for the common case; tests inject faults here)."""
+        return self._renderer
 
     # -- called on the event loop -------------------------------------------------------------
 
@@ -122,7 +125,8 @@ class Worker:
             try:
                 # The job takes the newest frame when a thread picks it up, so time spent
                 # waiting for a free thread (other sessions) never makes the frame stale.
-                rendered, timings = await loop.run_in_executor(self._executor, self._render_newest)
+                job = await loop.run_in_executor(self._executor, self._render_newest)
+                rendered, timings, cost = job
                 errors = 0
             except Exception as e:
                 # A bad frame costs that frame; a persistent fault ends this session only.
@@ -146,6 +150,8 @@ class Worker:
                 continue
             for stage, ms in timings.items():
                 self._stats.stage(stage, ms)
+            if cost is not None:
+                self._stats.stream(time.monotonic(), cost)
             self._stats.face_present = rendered.face
             if self._output.push(rendered):
                 self._stats.drop("outbox")
@@ -154,7 +160,7 @@ class Worker:
         self.inbox.close()
 
     async def close(self) -> None:
-        """Release the Reenactor once no frame is being computed (waits for one in flight)."""
+        """Release the renderer once no frame is being computed (waits for one in flight)."""
         await asyncio.to_thread(self._close_locked)
 
     # -- called on executor threads ---------------------------------------------------------
@@ -163,13 +169,13 @@ class Worker:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._reenactor.close()
+                self._renderer.close()
 
-    def _render_newest(self) -> tuple[Rendered | None, dict[str, float]]:
+    def _render_newest(self) -> tuple[Rendered | None, dict[str, float], StreamCost | None]:
         with self._lock:
             arrival = self.inbox.take()
             if self._closed or arrival is None:
-                return None, {}
+                return None, {}, None
             t0 = time.perf_counter()
             queued_ms = (time.monotonic() - arrival.at) * 1000
             src = arrival.frame
@@ -177,9 +183,9 @@ class Worker:
             t1 = time.perf_counter()
             if self._reset_requested:
                 self._reset_requested = False
-                self._reenactor.reset()
+                self._renderer.reset()
             t = src.time if src.time is not None else arrival.at
-            result = self._reenactor(rgb, timestamp=t)
+            result = self._renderer(rgb, timestamp=t)
             t2 = time.perf_counter()
         if result.face_found:
             self._lost_since = None
@@ -198,4 +204,4 @@ class Worker:
             convert=(t1 - t0 + t3 - t2) * 1000,
             worker=(t3 - t0) * 1000,
         )
-        return Rendered(out, arrival.at, result.face_found), timings
+        return Rendered(out, arrival.at, result.face_found), timings, result.stream

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
+from models.landmarks import Landmarks
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -44,6 +46,12 @@ def load_clip(name: str, max_frames: int | None = None, step: int = 1) -> list[n
                 if max_frames is not None and len(frames) >= max_frames:
                     break
     return frames
+
+
+def mouth_open(landmarks: Landmarks) -> float:
+    """Inner-lip gap over inter-ocular distance: how tests judge that a face follows a mouth."""
+    points = landmarks.points
+    return float(np.linalg.norm(points[13] - points[14]) / landmarks.interocular())
 
 
 @pytest.fixture(scope="session")

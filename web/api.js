@@ -29,15 +29,19 @@ export async function listAvatars() {
   return response.json();
 }
 
-/** Create a session from a built-in avatar name or an uploaded File. */
-export async function createSession({ avatar = null, photo = null, size = 256, fps = 30 }) {
+/** Create a session from a built-in avatar name or an uploaded File; mode "keypoints" takes
+ *  neither (the server sends back your own face, rebuilt from its keypoints). */
+export async function createSession({ avatar = null, photo = null, size = 256, fps = 30,
+                                      mode = "avatar", apiKey = null }) {
   const form = new FormData();
-  if (photo) form.append("photo", photo);
-  else if (avatar) form.append("avatar", avatar);
+  if (mode === "avatar" && photo) form.append("photo", photo);
+  else if (mode === "avatar" && avatar) form.append("avatar", avatar);
   form.append("size", String(size));
   form.append("fps", String(fps));
-  form.append("mode", "avatar");
-  const response = await fetch("/v1/sessions", { method: "POST", body: form });
+  form.append("mode", mode);
+  // Servers with API keys need one here; in local/dev mode none is sent.
+  const headers = apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+  const response = await fetch("/v1/sessions", { method: "POST", body: form, headers });
   if (!response.ok) throw await failure(response);
   return response.json();
 }

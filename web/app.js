@@ -9,12 +9,15 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   avatars: $("avatars"), photo: $("photo"), size: $("size"), fps: $("fps"), mirror: $("mirror"),
   start: $("start"), stop: $("stop"), recentre: $("recentre"), message: $("message"),
-  preview: $("preview"), avatar: $("avatar"),
+  preview: $("preview"), avatar: $("avatar"), apikey: $("apikey"), apikeyField: $("apikey-field"),
 };
+// Servers with API keys: the key typed in is kept for this tab only.
+const API_KEY_STORAGE = "reenact.apiKey";
 const NO_FACE_AFTER_MS = 1000;
 
-const app = { state: "idle", session: null, call: null, camera: null, stats: null,
-              serverStats: null, faceLostSince: null, timers: [] };
+const app = { state: "idle", mode: "avatar", keypoints: null,
+              session: null, call: null, camera: null, stats: null,
+              serverStats: null, faceLostSince: null, timers: [], ended: null };
 window.reenact = app;
 
 function setState(state) {
@@ -40,6 +43,11 @@ function describeError(error) {
     if (error.code === "no_face") {
       return "No face found in that photo. Choose a clear, front-facing portrait.";
     }
+    if (error.status === 401) {
+      return ui.apikey.value.trim() ? "That API key was refused. Check it and start again."
+                                    : "This server needs an API key: enter it above and start again.";
+    }
+    if (error.status === 429) return `Too many requests: ${error.message}`;
     if (error.status === 413) return `That image is too large: ${error.message}`;
     if (error.status === 415) return "That file is not a supported image (JPEG, PNG or WebP).";
     return `The server refused: ${error.message}`;
@@ -95,24 +103,29 @@ async function start() {
     app.camera = await openCamera(fps);
     ui.preview.srcObject = app.camera;
 
-    say("Preparing the avatar…");
+    say(app.mode === "keypoints" ? "Preparing the relay…" : "Preparing the avatar…");
     const photo = ui.photo.files[0] ?? null;
     const chosen = document.querySelector("input[name=avatar]:checked");
+    const apiKey = ui.apikey.value.trim() || null;
+    app.ended = null;
     app.session = await createSession({
       photo, avatar: photo ? null : chosen?.value ?? null,
-      size: Number(ui.size.value), fps,
+      size: Number(ui.size.value), fps, mode: app.mode, apiKey,
     });
+    if (apiKey) sessionStorage.setItem(API_KEY_STORAGE, apiKey);
 
     say("Connecting…");
     app.call = new Call(app.session, app.camera);
     app.call.addEventListener("remote", (e) => { ui.avatar.srcObject = e.detail; });
     app.call.addEventListener("state", (e) => onConnectionState(e.detail));
     app.call.addEventListener("telemetry", (e) => onTelemetry(e.detail));
+    app.call.addEventListener("end", (e) => onEnded(e.detail));
     await app.call.start();
     app.timers.push(setInterval(refreshStats, 1000), setInterval(refreshServer, 2000));
   } catch (error) {
     console.error(error);
     await stop();
+    if (error instanceof ApiError && error.status === 401) ui.apikeyField.hidden = false;
     say(describeError(error), "error");
     setState("error");
   }
@@ -141,6 +154,15 @@ function onTelemetry(message) {
     }
   }
   $("stat-face").textContent = message.face ? "found" : "not found";
+  if (message.keypoints) showKeypoints(message.keypoints);
+}
+
+/** The keypoint stream's cost as the server counted it (motion packets; keyframe apart). */
+function showKeypoints(keypoints) {
+  app.keypoints = keypoints;
+  const keyframe = keypoints.keyframe_bytes ? `, keyframe ${fmt(keypoints.keyframe_bytes / 1000, 1, " kB")}` : "";
+  $("stat-keypoint-kbps").textContent =
+    `${fmt(keypoints.kbps, 1, " kbit/s")} (${fmt(keypoints.bits_per_frame, 0, " bits/frame")}${keyframe})`;
 }
 
 const fmt = (v, digits = 0, unit = "") => (v === null || v === undefined || Number.isNaN(v))
@@ -160,18 +182,31 @@ async function refreshStats() {
   const ms = app.call.telemetry.serverMs;
   const mean = ms.length ? ms.reduce((a, b) => a + b, 0) / ms.length : null;
   $("stat-server").textContent = fmt(mean, 0, " ms");
+  $("stat-video-kbps").textContent = fmt(s.kbpsOut, 0, " kbit/s") +
+    (s.kbpsIn !== null ? ` (the video coming back: ${fmt(s.kbpsIn, 0, " kbit/s")})` : "");
 }
 
 async function refreshServer() {
   if (!app.session) return;
   try {
     app.serverStats = await getSession(app.session);
+    const { status, ended_reason: reason } = app.serverStats;
+    if (status === "ended" || status === "failed") await onEnded({ status, reason });
   } catch (error) {
-    if (error instanceof ApiError && error.status === 404 && app.state === "live") {
+    if (error instanceof ApiError && [404, 410].includes(error.status) && app.state === "live") {
       say("The server ended this session (idle, or it restarted). Start again.", "warn");
       await stop();
     }
   }
+}
+
+/** The server ended the session (its telemetry `end`, or its status when polled): say why. */
+async function onEnded({ status, reason }) {
+  if (!app.session) return;
+  await stop();
+  app.ended = { status, reason };
+  if (status === "failed") say(`The server failed this session (${reason}). Start again.`, "error");
+  else say(`The server ended this session (${reason}). Start again.`, "warn");
 }
 
 async function stop() {
@@ -186,6 +221,7 @@ async function stop() {
   ui.preview.srcObject = null;
   ui.avatar.srcObject = null;
   app.faceLostSince = null;
+  app.keypoints = null;
   setState("idle");
 }
 
@@ -195,10 +231,25 @@ ui.recentre.addEventListener("click", () => app.call?.recentre());
 ui.photo.addEventListener("change", () => {
   if (ui.photo.files[0]) document.querySelectorAll("input[name=avatar]").forEach((r) => { r.checked = false; });
 });
+function chooseMode() {
+  app.mode = document.querySelector("input[name=mode]:checked")?.value ?? "avatar";
+  document.body.dataset.mode = app.mode;
+  const keypoints = app.mode === "keypoints";
+  $("remote-caption").textContent = keypoints ? "You, rebuilt from keypoints" : "Avatar";
+  ui.recentre.title = keypoints ? "Send a new keyframe: a fresh picture of you"
+                                : "Take your current expression as neutral";
+}
+document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", chooseMode));
 ui.mirror.addEventListener("change", () => {
   for (const v of [ui.preview, ui.avatar]) v.classList.toggle("mirrored", ui.mirror.checked);
 });
 window.addEventListener("pagehide", () => { if (app.session) endSession(app.session); });
 
+const storedKey = sessionStorage.getItem(API_KEY_STORAGE);
+if (storedKey) {
+  ui.apikey.value = storedKey;
+  ui.apikeyField.hidden = false;
+}
+chooseMode();
 setState("idle");
 loadAvatars();

@@ -4,6 +4,9 @@
 import { sendOffer } from "./api.js";
 
 const GATHER_TIMEOUT_MS = 3000;
+// Heartbeat on the telemetry channel: the server frees a session whose pings stop (a closed
+// laptop, a dropped network) within seconds instead of waiting ~30 s for ICE to fail.
+const HEARTBEAT_MS = 2000;
 
 function gathered(pc) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
@@ -30,6 +33,12 @@ export class Call extends EventTarget {
     this.telemetry = { frames: 0, face: null, serverMs: [], maxFps: null };
     this.channel = this.pc.createDataChannel("telemetry");
     this.channel.addEventListener("message", (event) => this.#onTelemetry(event.data));
+    this.heartbeat = null;
+    this.channel.addEventListener("open", () => {
+      this.#ping();
+      this.heartbeat = setInterval(() => this.#ping(), HEARTBEAT_MS);
+    });
+    this.channel.addEventListener("close", () => clearInterval(this.heartbeat));
     this.pc.addEventListener("track", (event) => {
       this.remote = event.streams[0] ?? new MediaStream([event.track]);
       this.dispatchEvent(new CustomEvent("remote", { detail: this.remote }));
@@ -52,9 +61,19 @@ export class Call extends EventTarget {
     if (this.channel.readyState === "open") this.channel.send(JSON.stringify({ type: "reset" }));
   }
 
+  #ping() {
+    if (this.channel.readyState === "open") {
+      this.channel.send(JSON.stringify({ type: "ping", t: performance.now() }));
+    }
+  }
+
   #onTelemetry(data) {
     let message;
     try { message = JSON.parse(data); } catch { return; }
+    if (message.type === "end") {  // the server is ending the session, and says why
+      this.dispatchEvent(new CustomEvent("end", { detail: message }));
+      return;
+    }
     if (message.type === "rate") {
       this.#limitRate(message.max_fps);
       return;
@@ -83,6 +102,7 @@ export class Call extends EventTarget {
   }
 
   close() {
+    clearInterval(this.heartbeat);
     try { this.channel.close(); } catch { /* already closed */ }
     this.pc.close();
   }

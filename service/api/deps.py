@@ -6,11 +6,20 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.auth import Guard
 from service.state import ServiceState
 
 _bearer = HTTPBearer(auto_error=False, description="The token returned by POST /v1/sessions")
+_key_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKeyBearer",
+    description="An API key (REENACT_API_KEYS); not needed in local/dev mode",
+)
+_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="An API key, instead of the bearer header"
+)
 
 
 def get_state(request: Request) -> ServiceState:
@@ -19,6 +28,26 @@ def get_state(request: Request) -> ServiceState:
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_guard(request: Request) -> Guard:
+    guard: Guard = request.app.state.guard
+    return guard
+
+
+GuardDep = Annotated[Guard, Depends(get_guard)]
+
+
+def api_key(
+    guard: GuardDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_key_bearer)],
+    header: Annotated[str | None, Depends(_key_header)],
+) -> str | None:
+    """The caller's API key id, once checked and charged to its rate; None in dev mode."""
+    return guard.admit(bearer.credentials if bearer is not None else header)
+
+
+ApiKeyDep = Annotated[str | None, Depends(api_key)]
 
 
 @dataclass(frozen=True)

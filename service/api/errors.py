@@ -13,7 +13,9 @@ from service.errors import (
     PayloadTooLargeError,
     ServerFullError,
     SessionConflictError,
+    SessionEndedError,
     SessionNotFoundError,
+    TooManyRequestsError,
     UnauthorizedError,
     UnsupportedMediaError,
 )
@@ -27,8 +29,10 @@ STATUS: tuple[tuple[type[ReenactError], int, str], ...] = (
     (UnsupportedMediaError, 415, "unsupported_media"),
     (BadInputError, 400, "bad_input"),
     (UnauthorizedError, 401, "unauthorized"),
+    (SessionEndedError, 410, "ended"),
     (SessionNotFoundError, 404, "not_found"),
     (SessionConflictError, 409, "conflict"),
+    (TooManyRequestsError, 429, "too_many_requests"),
     (NotSupportedError, 501, "not_supported"),
     (ServerFullError, 503, "server_full"),
     (EngineError, 500, "engine"),
@@ -47,7 +51,7 @@ async def handle_reenact_error(request: Request, error: Exception) -> JSONRespon
     assert isinstance(error, ReenactError)
     status, code = status_of(error)
     headers: dict[str, str] = {}
-    if isinstance(error, ServerFullError):
+    if isinstance(error, ServerFullError | TooManyRequestsError):
         headers["Retry-After"] = str(error.retry_after)
     elif isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"

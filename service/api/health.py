@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.deps import StateDep
+from service.api.deps import ApiKeyDep, StateDep
 
 router = APIRouter(tags=["operations"])
 
@@ -23,6 +23,11 @@ async def healthz(state: StateDep) -> dict[str, object]:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(state: StateDep) -> Response:
-    """Prometheus text format: sessions, frames in/out/dropped, per-stage latency histograms."""
+async def metrics(state: StateDep, _key: ApiKeyDep) -> Response:
+    """Prometheus text format: sessions, frames in/out/dropped, per-stage latency histograms.
+
+    Needs an API key when keys are configured (Prometheus sends one with its scrape config's
+    ``authorization: {credentials: ...}``): the numbers describe every integrator's traffic,
+    which is not for anyone who can reach the port.  /healthz stays open for probes.
+    """
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

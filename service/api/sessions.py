@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from models.errors import BadInputError
-from service.api.deps import SessionRefDep, StateDep
+from service.api.deps import ApiKeyDep, GuardDep, SessionRefDep, StateDep
 from service.errors import PayloadTooLargeError, UnsupportedMediaError
 from service.hosting import SessionRequest, SessionView
 from service.settings import IceServer
+from service.turn import session_ice_servers
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -39,10 +41,17 @@ class SessionOut(BaseModel):
     ice_servers: list[IceServer]
     age_s: float
     stats: dict[str, object]
+    ended_reason: str | None = Field(
+        default=None, description="Why it ended, once status is 'ended' or 'failed'"
+    )
 
 
 class SessionCreated(SessionOut):
     token: str = Field(description="Bearer token for every other call on this session")
+    token_expires_in_s: float = Field(
+        description="The token (and the session) last at most this long; afterwards the token "
+        "only reads how the session ended, for a while"
+    )
 
 
 class SdpMessage(BaseModel):
@@ -62,15 +71,18 @@ def _describe(view: SessionView, request: Request, state: StateDep) -> SessionOu
             session=request.url_for("get_session", session_id=view.id).path,
             offer=request.url_for("post_offer", session_id=view.id).path,
         ),
-        ice_servers=state.settings.ice_servers,
+        ice_servers=session_ice_servers(state.settings, view.id, time.time()),
         age_s=view.age_s,
         stats=view.stats,
+        ended_reason=view.ended_reason,
     )
 
 
 @router.post("", status_code=201, response_model=SessionCreated)
 async def create_session(
     state: StateDep,
+    guard: GuardDep,
+    owner: ApiKeyDep,
     request: Request,
     response: Response,
     photo: Annotated[
@@ -87,25 +99,43 @@ async def create_session(
     fps: Annotated[int, Form(ge=1, le=60, description="Output frame-rate cap")] = 30,
     mode: Annotated[
         Literal["avatar", "keypoints"],
-        Form(description="avatar: the server renders video; keypoints: not supported yet"),
+        Form(
+            description="avatar: the server animates a portrait with your face; keypoints: it "
+            "sends back your own face rebuilt from its keypoint stream (no photo or avatar), "
+            "and the stats show that stream's bitrate"
+        ),
     ] = "avatar",
 ) -> SessionCreated:
-    """Create a session; 503 + Retry-After when the server is full."""
+    """Create a session with an API key (none in local/dev mode).
+
+    503 + Retry-After when the server is full; 429 + Retry-After when this key is over its
+    request rate or already has ``max_sessions_per_key`` sessions.
+    """
     data = None
     if photo is not None:
         # One byte over the limit is enough for decode_image to refuse it.
         data = await photo.read(state.settings.max_upload_bytes + 1)
-    view, token = await state.host.create(
-        SessionRequest(size=size, fps=fps, mode=mode, avatar=avatar, photo=data)
-    )
+    live = 0
+    if owner is not None and guard.quota.per_key is not None:
+        live = (await state.host.load()).by_owner.get(owner, 0)
+    with guard.quota.hold(owner, live):
+        view, token = await state.host.create(
+            SessionRequest(size=size, fps=fps, mode=mode, avatar=avatar, photo=data, owner=owner)
+        )
     out = _describe(view, request, state)
     response.headers["Location"] = out.links.session
-    return SessionCreated(**out.model_dump(), token=token)
+    return SessionCreated(
+        **out.model_dump(), token=token, token_expires_in_s=state.settings.max_session_s
+    )
 
 
 @router.get("/{session_id}", name="get_session", response_model=SessionOut)
 async def get_session(ref: SessionRefDep, state: StateDep, request: Request) -> SessionOut:
-    """State and live stats: fps in/out, dropped frames, stage latencies, face present."""
+    """State and live stats: fps in/out, dropped frames, stage latencies, face present.
+
+    An ended session stays readable for ``ended_keep_s``: status ``ended`` or ``failed`` (the
+    server's fault) and ``ended_reason``.
+    """
     return _describe(await state.host.view(ref.id, ref.token), request, state)
 
 

@@ -11,6 +11,7 @@ measured without drawing anything on the face.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import av
 import httpx
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
@@ -31,6 +32,7 @@ from service.rtc.peer import peer_connection
 from service.settings import IceServer
 
 CLOCK = 90_000  # RTP video clock; pts unit of every frame the client sends
+HEARTBEAT_S = 2.0  # telemetry ping period, as the browser page sends them
 TIME_BASE = Fraction(1, CLOCK)
 
 
@@ -128,6 +130,8 @@ class ClientReport:
     telemetry: list[dict[str, Any]] = field(default_factory=list)  # one per avatar frame
     rate_advice: list[int] = field(default_factory=list)  # max_fps values the server advised
     started_at: float | None = None  # first avatar frame
+    pongs: int = 0  # heartbeats the server answered
+    end: dict[str, Any] | None = None  # the server's telemetry `end` message: reason, status
 
 
 class ClipClient:
@@ -142,21 +146,29 @@ class ClipClient:
         avatar: str | None = None,
         size: int = 256,
         max_fps: int | None = None,
+        mode: str = "avatar",  # "keypoints": the server sends back this clip rebuilt
         keep_images: bool = False,
         http: httpx.AsyncClient | None = None,
+        api_key: str | None = None,  # for servers with REENACT_API_KEYS
+        heartbeat_s: float | None = HEARTBEAT_S,  # None: send no heartbeats
     ) -> None:
         self.base_url = base_url
         self.track = ClipTrack(frames, fps)
         self.avatar = avatar
         self.size = size
         self.max_fps = max_fps
+        self.mode = mode
         self.keep_images = keep_images
+        self.api_key = api_key
+        self.heartbeat_s = heartbeat_s
         self.report = ClientReport()
         self.session: dict[str, Any] = {}  # the POST /v1/sessions response
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=30)
         self._own_http = http is None
         self._pc: RTCPeerConnection | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.channel: RTCDataChannel | None = None  # telemetry, once connected
         self._origin: int | None = None
         self._pending: list[tuple[int, float, np.ndarray | None]] = []
 
@@ -165,19 +177,28 @@ class ClipClient:
         return {"Authorization": f"Bearer {self.session['token']}"}
 
     async def connect(self) -> None:
-        data = {"size": str(self.size)}
+        data = {"size": str(self.size), "mode": self.mode}
         if self.avatar:
             data["avatar"] = self.avatar
         if self.max_fps:
             data["fps"] = str(self.max_fps)
-        response = await self._http.post("/v1/sessions", data=data)
+        key = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        response = await self._http.post("/v1/sessions", data=data, headers=key)
         response.raise_for_status()
         self.session = response.json()
         servers = [IceServer.model_validate(s) for s in self.session["ice_servers"]]
         pc = self._pc = peer_connection(servers)
         pc.addTrack(self.track)
-        channel = pc.createDataChannel("telemetry")
+        channel = self.channel = pc.createDataChannel("telemetry")
         channel.on("message", self._on_telemetry)
+        if self.heartbeat_s is not None:
+            period = self.heartbeat_s
+
+            @channel.on("open")
+            def on_open() -> None:
+                self._heartbeat = asyncio.get_running_loop().create_task(
+                    self._beat(channel, period)
+                )
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -210,17 +231,21 @@ class ClipClient:
 
     async def hang_up(self) -> None:
         """Close the peer connection only, as a browser tab does when it goes away."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
         if self._pc is not None:
             await self._pc.close()
 
     async def close(self) -> None:
-        """Hang up and end the session (DELETE)."""
+        """Hang up and end the session (DELETE; best effort: the server may be gone)."""
         await self.hang_up()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         if self.session:
-            await self._http.delete(self.session["links"]["session"], headers=self.headers)
+            with contextlib.suppress(httpx.TransportError):
+                await self._http.delete(self.session["links"]["session"], headers=self.headers)
         if self._own_http:
             await self._http.aclose()
 
@@ -257,8 +282,21 @@ class ClipClient:
             if self._origin is not None:
                 self._flush()
 
+    async def _beat(self, channel: RTCDataChannel, period: float) -> None:
+        """Heartbeats: a ping every ``period`` s while the channel is open, so the server
+        frees the session within seconds if this client vanishes."""
+        while channel.readyState == "open":
+            channel.send(json.dumps({"type": "ping", "t": time.monotonic()}))
+            await asyncio.sleep(period)
+
     def _on_telemetry(self, message: str | bytes) -> None:
         data = json.loads(message)
+        if data.get("type") == "pong":
+            self.report.pongs += 1
+            return
+        if data.get("type") == "end":  # the server ended the session, and says why
+            self.report.end = data
+            return
         if data.get("type") == "rate":  # the server's advice: send no more than this
             self.report.rate_advice.append(int(data["max_fps"]))
             self.track.limit_rate(float(data["max_fps"]))

@@ -30,7 +30,7 @@ ENV = {
     "TURN_SECRET": "0123456789abcdef0123456789abcdef",
     "TURN_EXTERNAL_IP": "198.51.100.7",
     "TURN_HOST": "turn.example.org",
-    "REENACT_API_KEYS": '["k1"]',
+    "REENACT_API_KEYS": '{"k1": "0123456789abcdef0123"}',
 }
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|API_KEY|CREDENTIAL", re.I)
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}
@@ -198,7 +198,7 @@ def test_the_service_gets_turn_urls_and_the_shared_secret(compose: dict[str, Any
         "turn:turn.example.org:3478?transport=udp",
         "turn:turn.example.org:3478?transport=tcp",
     ]
-    assert json.loads(env["REENACT_API_KEYS"]) == ["k1"]
+    assert json.loads(env["REENACT_API_KEYS"]) == {"k1": "0123456789abcdef0123"}
     coturn_env = compose["services"]["coturn"]["environment"]
     assert env["REENACT_TURN_SECRET"] == coturn_env["TURN_SECRET"] == ENV["TURN_SECRET"]
     assert "use-auth-secret" in conf_flags()

@@ -6,7 +6,9 @@ pipeline runs underneath.  Streaming tests use ``service.rtc.client.ClipClient``
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +62,33 @@ class LiveServer:
     async def healthy(self) -> None:
         response = await self.http.get("/healthz")
         assert response.status_code == 200 and response.json()["status"] == "ok"
+
+    async def status(self, session: dict[str, Any]) -> dict[str, Any] | None:
+        """GET the session with its own token: its state (``status``, ``ended_reason``, stats),
+        or None once the server no longer knows it (404)."""
+        response = await self.http.get(
+            session["links"]["session"], headers={"Authorization": f"Bearer {session['token']}"}
+        )
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def ended(self, session: dict[str, Any]) -> bool:
+        """Whether the session is over (ended, failed, or forgotten)."""
+        state = await self.status(session)
+        return state is None or state["status"] in ("ended", "failed")
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float) -> bool:
+    """Poll ``condition`` every 0.2 s until it holds (True) or ``timeout`` s pass (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if await condition():
+            return True
+        await asyncio.sleep(0.2)
+    return False
 
 
 async def run_server(settings: Settings) -> AsyncIterator[LiveServer]:

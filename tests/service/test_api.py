@@ -88,8 +88,13 @@ async def test_session_lifecycle(api: LiveServer) -> None:
     metrics = (await api.http.get("/metrics")).text
     assert "reenact_active_sessions 1.0" in metrics
     assert (await api.http.delete(url, headers=auth(session))).status_code == 204
-    assert (await api.http.get(url, headers=auth(session))).status_code == 404
-    assert (await api.http.delete(url, headers=auth(session))).status_code == 404
+    # Ended sessions stay readable, to their own token, for ended_keep_s: status and reason.
+    ended = await api.http.get(url, headers=auth(session))
+    assert ended.status_code == 200
+    assert (ended.json()["status"], ended.json()["ended_reason"]) == ("ended", "deleted")
+    assert (await api.http.get(url)).status_code == 401
+    again = await api.http.delete(url, headers=auth(session))
+    assert again.status_code == 410 and "has ended (deleted)" in again.json()["detail"]
     metrics = (await api.http.get("/metrics")).text
     assert "reenact_active_sessions 0.0" in metrics
     assert 'reenact_sessions_ended_total{reason="deleted"} 1.0' in metrics
@@ -144,7 +149,7 @@ async def test_bad_uploads_are_refused_and_the_server_stays_healthy(
         ({"size": "512"}, 400, "not served"),
         ({"size": "300"}, 422, "256 or 512"),
         ({"fps": "0"}, 422, "greater than"),
-        ({"mode": "keypoints"}, 501, "not supported yet"),
+        ({"mode": "keypoints", "avatar": "astronaut"}, 400, "no photo or avatar"),
         ({"mode": "telepathy"}, 422, "avatar"),
     ],
 )
@@ -153,6 +158,13 @@ async def test_bad_options(api: LiveServer, form: dict[str, str], status: int, w
     assert response.status_code == status, response.text
     assert words in response.text.lower()
     await api.healthy()
+
+
+async def test_keypoints_mode_needs_no_portrait(api: LiveServer) -> None:
+    session = await api.create_session(mode="keypoints")
+    assert session["options"]["mode"] == "keypoints" and session["options"]["avatar"] is None
+    assert session["stats"]["keypoints"] is None  # no frame encoded yet
+    assert len(api.registry) == 1
 
 
 async def test_photo_and_avatar_together_is_ambiguous(api: LiveServer) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 
 import pytest
+from aiortc import RTCPeerConnection
 
 from service.settings import IceServer
 from service.turn import turn_credentials, turn_password
+from tests.service.conftest import make_settings, run_server
 
 URLS = ["turn:turn.example.org:3478?transport=udp", "turn:turn.example.org:3478?transport=tcp"]
 
@@ -82,3 +85,44 @@ def test_different_secrets_or_labels_give_different_credentials() -> None:
 def test_bad_arguments_are_refused(secret: str, urls: list[str], ttl_s: int, label: str) -> None:
     with pytest.raises(ValueError):
         turn_credentials(secret, urls, ttl_s=ttl_s, label=label, now=1_700_000_000.0)
+
+
+async def test_a_live_session_gets_turn_credentials_and_binds_in_the_port_range() -> None:
+    """The settings wired through: the session JSON carries this session's TURN credential,
+    and the server's answer offers host candidates inside the configured port range only."""
+    secret = "s" * 40
+    settings = make_settings(
+        turn_secret=secret,
+        turn_urls=["turn:turn.example.org:3478?transport=udp"],
+        turn_ttl_s=300,
+        rtc_port_min=47100,
+        rtc_port_max=47119,
+    )
+    async for live in run_server(settings):
+        before = time.time()
+        session = await live.create_session()
+        turn = session["ice_servers"][-1]
+        expiry, label = turn["username"].split(":")
+        assert label == session["id"]
+        assert before + 300 <= int(expiry) <= time.time() + 301
+        expected = hmac.new(secret.encode(), turn["username"].encode(), hashlib.sha1).digest()
+        assert turn["credential"] == base64.b64encode(expected).decode()
+
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        try:
+            response = await live.http.post(
+                session["links"]["offer"],
+                json={"type": "offer", "sdp": pc.localDescription.sdp},
+                headers={"Authorization": f"Bearer {session['token']}"},
+            )
+            assert response.status_code == 200, response.text
+            candidates = [
+                line.split() for line in response.json()["sdp"].splitlines()
+                if line.startswith("a=candidate:")
+            ]  # fmt: skip
+            assert candidates
+            assert all(47100 <= int(c[5]) <= 47119 for c in candidates), candidates
+        finally:
+            await pc.close()

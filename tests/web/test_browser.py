@@ -139,6 +139,37 @@ async def test_page_starts_a_call_and_shows_the_avatar(
     assert errors == []
 
 
+async def test_compressed_view_shows_keypoint_and_video_bitrates(
+    live: LiveServer, browser: BrowserContext
+) -> None:
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(live.url + "/")
+    await page.check("input[name=mode][value=keypoints]")
+    await page.click("#start")
+    await page.wait_for_selector("body[data-state=live]", timeout=30_000)
+    assert [s.options.mode for s in live.registry] == ["keypoints"]
+
+    # Both figures appear: the keypoint stream's (server-counted) and the webcam video's
+    # (the browser's own outbound-rtp byte counter).
+    await page.wait_for_function(
+        "() => (window.reenact.keypoints?.kbps ?? 0) > 0"
+        " && (window.reenact.stats?.kbpsOut ?? 0) > 0",
+        timeout=20_000,
+    )
+    assert "kbit/s" in (await page.text_content("#stat-keypoint-kbps") or "")
+    assert "kbit/s" in (await page.text_content("#stat-video-kbps") or "")
+    keypoints = await page.evaluate("() => window.reenact.keypoints")
+    video_kbps = await page.evaluate("() => window.reenact.stats.kbpsOut")
+    assert 0 < keypoints["kbps"] < 20 and keypoints["keyframe_bytes"] > 1000, keypoints
+    assert video_kbps > 5 * keypoints["kbps"], (video_kbps, keypoints)
+    assert await page.text_content("#remote-caption") == "You, rebuilt from keypoints"
+    await page.click("#stop")
+    await page.wait_for_selector("body[data-state=idle]")
+    assert errors == []
+
+
 async def test_page_says_when_the_server_is_full(live: LiveServer, browser: BrowserContext) -> None:
     await live.create_session()  # max_sessions=1: the page's request will be refused
     page = await browser.new_page()
@@ -164,3 +195,47 @@ async def test_page_says_when_the_photo_has_no_face(
     message = await page.text_content("#message")
     assert message is not None and "No face found" in message
     assert len(live.registry) == 0
+
+
+PAGE_KEY = "page-secret-0123456789abcdef"
+
+
+@pytest_asyncio.fixture
+async def keyed_live() -> AsyncIterator[LiveServer]:
+    async for server in run_server(make_settings(max_sessions=1, api_keys={"page": PAGE_KEY})):
+        yield server
+
+
+async def test_page_asks_for_an_api_key_and_says_why_a_call_ended(
+    keyed_live: LiveServer, browser: BrowserContext
+) -> None:
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(keyed_live.url + "/")
+    await page.wait_for_selector("#avatars input[value=astronaut]", state="attached")
+    assert await page.is_hidden("#apikey-field")  # nothing to ask until the server does
+    await page.click("#start")
+    await page.wait_for_selector("body[data-state=error]", timeout=20_000)
+    assert "needs an API key" in (await page.text_content("#message") or "")
+    assert await page.is_visible("#apikey-field")
+
+    await page.fill("#apikey", PAGE_KEY)
+    await page.click("#start")
+    await page.wait_for_selector("body[data-state=live]", timeout=30_000)
+    assert await page.evaluate("() => sessionStorage.getItem('reenact.apiKey')") == PAGE_KEY
+    [session] = list(keyed_live.registry)
+    assert session.owner == "page"
+    for _ in range(50):  # the page's heartbeat starts once its data channel is open
+        if session.last_heartbeat_at is not None:
+            break
+        await page.wait_for_timeout(100)
+    assert session.last_heartbeat_at is not None
+
+    # The server ends the call: the page is told why, stops, and says so.
+    await keyed_live.registry.end(session.id, "max duration")
+    await page.wait_for_function("() => window.reenact.ended?.reason === 'max duration'")
+    await page.wait_for_selector("body[data-state=idle]")
+    assert "ended this session (max duration)" in (await page.text_content("#message") or "")
+    assert await page.evaluate("() => window.reenact.camera") is None
+    assert errors == []

@@ -1,0 +1,95 @@
+"""Who may use the API: integrators' API keys, checked in constant time, and their limits.
+
+Two kinds of credential, never interchangeable:
+
+* an **API key** (``REENACT_API_KEYS``: key id -> secret) on the routes that spend the server's
+  resources for someone: ``POST /v1/sessions`` and ``GET /metrics``.  The key id becomes the
+  session's owner, and per-key limits (requests per minute, sessions at once) count against it;
+* a **session token** (returned by ``POST /v1/sessions``) on that one session's routes, so a
+  browser can be handed a token without the integrator's key (checked by the session host).
+
+With no keys configured the service is in local/dev mode: nothing is asked for, and
+:meth:`service.settings.Settings.check_exposure` keeps such a server on loopback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+from collections.abc import Mapping
+
+from pydantic import SecretStr
+
+from service.api.limits import RateLimiter, SessionQuota
+from service.errors import TooManyRequestsError, UnauthorizedError
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ApiKeys:
+    """The configured keys, as SHA-256 digests: comparing equal-length digests keeps both a
+    secret's content and its length out of the comparison's timing."""
+
+    def __init__(self, keys: Mapping[str, SecretStr]) -> None:
+        self._digests = [(key_id, _digest(s.get_secret_value())) for key_id, s in keys.items()]
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def identify(self, presented: str) -> str | None:
+        """The id of the key whose secret is ``presented``, or None.
+
+        Every configured key is compared, with :func:`hmac.compare_digest`, whether or not an
+        earlier one matched: how long this takes says nothing about which key (if any) matched.
+        """
+        digest = _digest(presented)
+        found: str | None = None
+        for key_id, expected in self._digests:
+            if hmac.compare_digest(digest, expected):
+                found = key_id
+        return found
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+
+
+class Guard:
+    """The app's access checks and per-key limits; one per app, built by ``create_app``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.keys = ApiKeys(settings.api_keys)
+        per_minute = settings.rate_limit_per_minute
+        self.rate = (
+            RateLimiter(per_minute, settings.rate_limit_burst) if per_minute is not None else None
+        )
+        self.quota = SessionQuota(settings.max_sessions_per_key, settings.retry_after_s)
+
+    def admit(self, presented: str | None) -> str | None:
+        """Check an API key and charge one request to it; returns its key id (None in dev mode).
+
+        Raises UnauthorizedError (missing or unknown key) or TooManyRequestsError (over the
+        key's request rate).
+        """
+        if not self.keys:
+            return None
+        if not presented:
+            raise UnauthorizedError(
+                "this server needs an API key: send `Authorization: Bearer <key>` or "
+                "`X-API-Key: <key>`"
+            )
+        key_id = self.keys.identify(presented)
+        if key_id is None:
+            raise UnauthorizedError("unknown API key")
+        if self.rate is not None:
+            wait_s = self.rate.take(key_id)
+            if wait_s > 0:
+                log.info("API key %s: over its request rate", key_id)
+                raise TooManyRequestsError(
+                    f"too many requests for API key {key_id!r}; retry in {math.ceil(wait_s)} s",
+                    retry_after=max(1, math.ceil(wait_s)),
+                )
+        return key_id

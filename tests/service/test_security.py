@@ -1,0 +1,254 @@
+"""Access and limits against a real app with API keys: keys, token scope, per-key quotas,
+rate limits, body caps, CORS, and the refusal to serve keyless on a public address."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from service.app import create_app
+from service.cli import main
+from service.errors import ConfigurationError
+from tests.service.conftest import LiveServer, make_settings, run_server, wait_until
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+KEYS = {name: f"{name}-secret-0123456789abcdef" for name in ("alpha", "beta", "gamma", "burst")}
+ORIGIN = "https://app.example"
+LIMIT = 100_000 + 64 * 1024  # max_upload_bytes + the form's overhead: the cap on any body
+
+
+def key(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[name]}"}
+
+
+def token(session: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {session['token']}"}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def keyed() -> AsyncIterator[LiveServer]:
+    settings = make_settings(
+        api_keys=KEYS,
+        max_sessions=4,
+        max_sessions_per_key=2,
+        rate_limit_per_minute=6,  # one request per 10 s once a key's burst is spent
+        rate_limit_burst=10,
+        retry_after_s=7,
+        max_upload_bytes=100_000,
+        cors_origins=[ORIGIN],
+    )
+    async for live in run_server(settings):
+        yield live
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="module")
+async def no_leftover_sessions(keyed: LiveServer) -> AsyncIterator[None]:
+    yield
+    for session in keyed.registry:
+        await keyed.registry.end(session.id, "test cleanup")
+
+
+async def create(server: LiveServer, name: str) -> dict[str, Any]:
+    response = await server.http.post("/v1/sessions", headers=key(name))
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_api_keys_are_required_where_resources_are_spent(keyed: LiveServer) -> None:
+    # Rate budget: alpha spends 3 requests here.
+    missing = await keyed.http.post("/v1/sessions")
+    assert missing.status_code == 401
+    assert missing.json()["error"] == "unauthorized" and "API key" in missing.json()["detail"]
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = await keyed.http.post("/v1/sessions", headers={"X-API-Key": "x" * 30})
+    assert (wrong.status_code, wrong.json()["detail"]) == (401, "unknown API key")
+    assert len(keyed.registry) == 0
+
+    by_bearer = await create(keyed, "alpha")
+    by_header = await keyed.http.post("/v1/sessions", headers={"X-API-Key": KEYS["alpha"]})
+    assert by_header.status_code == 201, by_header.text
+    # The key id owns the session (its quota counts it); the client never sees the secret.
+    assert keyed.registry.get(by_bearer["id"]).owner == "alpha"
+    assert KEYS["alpha"] not in by_header.text
+
+    assert (await keyed.http.get("/metrics")).status_code == 401
+    assert (await keyed.http.get("/metrics", headers=key("alpha"))).status_code == 200
+    # Open: liveness probes, the public-domain avatar catalogue (an <img> sends no header).
+    await keyed.healthy()
+    avatars = await keyed.http.get("/v1/avatars")
+    assert avatars.status_code == 200
+    assert (await keyed.http.get(avatars.json()[0]["image"])).status_code == 200
+
+
+async def test_session_tokens_only_open_their_own_session(keyed: LiveServer) -> None:
+    # alpha 1, beta 1.
+    mine, theirs = await create(keyed, "alpha"), await create(keyed, "beta")
+    assert mine["token_expires_in_s"] == 3600.0
+    assert (await keyed.http.get(mine["links"]["session"], headers=token(mine))).status_code == 200
+    url = theirs["links"]["session"]
+    assert (await keyed.http.get(url, headers=token(mine))).status_code == 401
+    assert (await keyed.http.delete(url, headers=token(mine))).status_code == 401
+    offer = await keyed.http.post(
+        theirs["links"]["offer"],
+        content=b"v=0",
+        headers={**token(mine), "Content-Type": "application/sdp"},
+    )
+    assert offer.status_code == 401
+    # An API key is not a session token, not even for its own sessions.
+    own_by_key = await keyed.http.get(mine["links"]["session"], headers=key("alpha"))
+    assert own_by_key.status_code == 401
+    assert len(keyed.registry) == 2
+
+
+async def test_sessions_per_key_and_in_total(keyed: LiveServer) -> None:
+    # alpha 4, beta 2, gamma 1.
+    first = await create(keyed, "alpha")
+    await create(keyed, "alpha")
+    over = await keyed.http.post("/v1/sessions", headers=key("alpha"))
+    assert over.status_code == 429, over.text
+    assert over.json()["error"] == "too_many_requests" and "alpha" in over.json()["detail"]
+    assert over.headers["retry-after"] == "7"
+    # Other keys are not affected by alpha's quota...
+    await create(keyed, "beta")
+    await create(keyed, "beta")
+    # ... but the server as a whole is full now (max_sessions=4).
+    full = await keyed.http.post("/v1/sessions", headers=key("gamma"))
+    assert full.status_code == 503 and full.json()["error"] == "server_full"
+    assert full.headers["retry-after"] == "7"
+    deleted = await keyed.http.delete(first["links"]["session"], headers=token(first))
+    assert deleted.status_code == 204
+    await create(keyed, "alpha")  # a place of alpha's came free
+    assert len(keyed.registry) == 4
+
+
+async def test_requests_per_key_are_rate_limited(keyed: LiveServer) -> None:
+    # burst: 11 requests; beta 1.
+    for _ in range(10):  # the burst passes at once
+        assert (await keyed.http.get("/metrics", headers=key("burst"))).status_code == 200
+    limited = await keyed.http.get("/metrics", headers=key("burst"))
+    assert limited.status_code == 429
+    assert limited.json()["error"] == "too_many_requests"
+    assert 1 <= int(limited.headers["retry-after"]) <= 10  # one request per 10 s
+    # Per key: another key is unaffected.
+    assert (await keyed.http.get("/metrics", headers=key("beta"))).status_code == 200
+
+
+async def test_bodies_over_the_cap_get_413_with_or_without_a_length(keyed: LiveServer) -> None:
+    big = b"x" * (LIMIT + 1)
+    # Declared too big: refused before the form is parsed, so before the key is even checked.
+    declared = await keyed.http.post("/v1/sessions", files={"photo": ("a.jpg", big)})
+    assert declared.status_code == 413, declared.text
+    assert declared.json()["error"] == "too_large" and f"{LIMIT}-byte limit" in declared.text
+    # On every route, not only uploads.
+    other = await keyed.http.request("DELETE", "/v1/sessions/" + "0" * 32, content=big)
+    assert other.status_code == 413
+
+    async def chunks(total: int) -> AsyncIterator[bytes]:
+        for _ in range(total // 32_768 + 1):
+            yield b"a=" + b"x" * 32_766
+
+    # No Content-Length (chunked): counted as it is read, refused once over the cap.
+    streamed = await keyed.http.post(
+        "/v1/sessions",
+        content=chunks(3 * LIMIT),
+        headers={**key("gamma"), "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert "content-length" not in streamed.request.headers
+    assert streamed.status_code == 413, streamed.text
+    assert streamed.json()["error"] == "too_large"
+    await keyed.healthy()
+    assert len(keyed.registry) == 0
+
+
+async def test_cors_only_for_configured_origins(keyed: LiveServer) -> None:
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    allowed = await keyed.http.options("/v1/sessions", headers={"Origin": ORIGIN, **preflight})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == ORIGIN
+    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    evil = "https://evil.example"
+    refused = await keyed.http.options("/v1/sessions", headers={"Origin": evil, **preflight})
+    assert refused.status_code == 400
+    assert "access-control-allow-origin" not in refused.headers
+
+    simple = await keyed.http.get("/healthz", headers={"Origin": ORIGIN})
+    assert simple.headers["access-control-allow-origin"] == ORIGIN
+    assert "retry-after" in simple.headers["access-control-expose-headers"].lower()
+    assert (
+        "access-control-allow-origin"
+        not in (await keyed.http.get("/healthz", headers={"Origin": evil})).headers
+    )
+    # Refusals carry the headers too, so a page on the allowed origin can read why.
+    unauthorised = await keyed.http.post("/v1/sessions", headers={"Origin": ORIGIN})
+    assert unauthorised.status_code == 401
+    assert unauthorised.headers["access-control-allow-origin"] == ORIGIN
+
+    # No origins configured: no CORS at all (the middleware answers preflights, so no server
+    # needs to run to see it is absent).
+    plain = create_app(make_settings())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=plain), base_url="http://test"
+    ) as client:
+        response = await client.options("/v1/sessions", headers={"Origin": ORIGIN, **preflight})
+    assert "access-control-allow-origin" not in response.headers
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def short_tokens() -> AsyncIterator[LiveServer]:
+    async for live in run_server(make_settings(api_keys=KEYS, max_session_s=2.0)):
+        yield live
+
+
+async def test_tokens_expire_with_the_session(short_tokens: LiveServer) -> None:
+    server = short_tokens
+    session = await create(server, "alpha")
+    assert session["token_expires_in_s"] == 2.0
+    assert (await server.status(session) or {}).get("status") == "created"
+    assert await wait_until(lambda: server.ended(session), 4)
+    state = await server.status(session)
+    assert state is not None
+    assert (state["status"], state["ended_reason"]) == ("ended", "max duration")
+    # From now on the token reads how the session ended, and nothing else.
+    offer = await server.http.post(
+        session["links"]["offer"],
+        content=b"v=0",
+        headers={**token(session), "Content-Type": "application/sdp"},
+    )
+    assert offer.status_code == 410 and "max duration" in offer.json()["detail"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "reenact.example.org"])
+async def test_no_keys_refuses_to_start_off_loopback(host: str) -> None:
+    with pytest.raises(ConfigurationError, match="REENACT_API_KEYS"):
+        create_app(make_settings(host=host))
+    create_app(make_settings(host=host, api_keys=KEYS))  # with keys it may
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.9", "::1", "localhost"])
+async def test_no_keys_is_dev_mode_on_loopback(host: str) -> None:
+    create_app(make_settings(host=host))
+
+
+async def test_reenact_serve_says_why_it_will_not_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("REENACT_API_KEYS", raising=False)
+    service_log = logging.getLogger("service")
+    level = service_log.level
+    try:
+        assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 1
+    finally:
+        service_log.setLevel(level)
+    error = capsys.readouterr().err
+    assert "refusing to serve on '0.0.0.0' without API keys" in error
+    assert "REENACT_API_KEYS" in error
