@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from service.builtin import AvatarCatalog
 from service.hosting import SessionHost, local_host
 from service.metrics import Metrics
-from service.rtc.jitter import release_frames_at_marker
-from service.rtc.peer import use_host_addresses
+from service.rtc.process import apply_rtc_settings
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,13 +26,31 @@ class ServiceState:
 
 @asynccontextmanager
 async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[ServiceState]:
-    """Install the process-wide RTC settings and start the session host; undo both on exit."""
-    undo_addresses = use_host_addresses(settings.ice_host_addresses)
-    undo_jitter = release_frames_at_marker() if settings.rtp_release_at_marker else lambda: None
+    """Start the session host (this process, or a Ray cluster's workers); stop it on exit."""
+    async with _host(settings, metrics) as host:
+        yield ServiceState(settings, metrics, host, AvatarCatalog())
+    log.info("stopped")
+
+
+@asynccontextmanager
+async def _host(settings: Settings, metrics: Metrics) -> AsyncIterator[SessionHost]:
+    if settings.cluster == "ray":
+        # Imported only here: Ray is an optional extra, and a local server never pays for it.
+        # The workers apply the RTC settings in their own processes (they run the peers).
+        from service.cluster import WorkerPool, ray_host
+
+        pool = WorkerPool(
+            settings.ray_address,
+            settings.ray_workers,
+            settings.ray_cpus_per_worker,
+            settings.ray_gpus_per_worker,
+        )
+        async with ray_host(settings, metrics, pool) as cluster:
+            yield cluster
+        return
+    undo_rtc = apply_rtc_settings(settings)
     try:
         async with local_host(settings, metrics) as host:
-            yield ServiceState(settings, metrics, host, AvatarCatalog())
+            yield host
     finally:
-        undo_jitter()
-        undo_addresses()
-        log.info("stopped")
+        undo_rtc()
