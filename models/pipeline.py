@@ -25,7 +25,7 @@ from models.landmarks import Landmarks
 from models.motion import Mode, MotionTransfer
 from models.pose import face_state
 from models.source import SourceEmbedding, driving_inputs
-from models.tracking import FaceTracker
+from models.tracking import FaceTracker, Tracker
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,19 @@ class FrameRenderer(Protocol):
 class Reenactor:
     """Animates one source embedding with one driver stream."""
 
-    def __init__(self, source: SourceEmbedding, engine: Engine, mode: Mode = "relative") -> None:
+    def __init__(
+        self,
+        source: SourceEmbedding,
+        engine: Engine,
+        mode: Mode = "relative",
+        tracker: Tracker | None = None,
+    ) -> None:
+        """``tracker``: the driver's face tracker, owned (closed) by the Reenactor from now on;
+        None builds mediapipe's FaceTracker in video mode."""
         self.source = source
         self.engine = engine
         self.transfer_motion = MotionTransfer(source.state, mode=mode)
-        self._tracker = FaceTracker(video=True)
+        self.tracker: Tracker = tracker or FaceTracker(video=True)
         self._last = source.crop
         self._au_basis: np.ndarray | None = None
 
@@ -88,7 +96,7 @@ class Reenactor:
         self.transfer_motion.reset()
 
     def track(self, rgb: np.ndarray, timestamp: float | None = None) -> Landmarks | None:
-        return self._tracker(rgb, timestamp)
+        return self.tracker(rgb, timestamp)
 
     def transfer(self, driver: Landmarks) -> np.ndarray:
         """Target landmarks (478, 3) in source-photo pixels."""
@@ -125,4 +133,4 @@ class Reenactor:
         return FrameResult(self._last, True, timings, driver)
 
     def close(self) -> None:
-        self._tracker.close()
+        self.tracker.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 
@@ -18,6 +19,15 @@ from models.landmarks import NUM_LANDMARKS, Landmarks
 from models.smoothing import OneEuroFilter
 
 log = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    """What a driver stream needs from a face tracker: FaceTracker (mediapipe on the CPU) or
+    models.mesh_tracking.MeshTracker (the same network on an engine, e.g. a GPU)."""
+
+    def __call__(self, rgb: np.ndarray, timestamp: float | None = None) -> Landmarks | None: ...
+
+    def close(self) -> None: ...
 
 
 class FaceTracker:

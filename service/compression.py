@@ -41,7 +41,7 @@ from models.codec_stream import Decoder, Encoder, Played, learn_basis
 from models.errors import BadInputError, NoFaceError
 from models.landmarks import Landmarks
 from models.source import SourceEmbedding, build_source, driving_inputs
-from models.tracking import FaceTracker
+from models.tracking import FaceTracker, Tracker
 from service.system import cpu_quota
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Sender:
         fps: float = 25.0,
         *,
         encoder: Encoder | None = None,
-        tracker: FaceTracker | None = None,
+        tracker: Tracker | None = None,
         basis_after: float = 10.0,
         basis_every: float = 60.0,
     ) -> None:

@@ -21,10 +21,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from engines import Engine, create_engine
+from engines import Engine, create_engine, create_face_mesh_engine
 from engines.batching import BatchScheduler
 from models.errors import BadInputError
+from models.mesh_tracking import MeshTracker
 from models.pipeline import FrameRenderer, Reenactor
+from models.tracking import Tracker
 from service.builtin import AvatarCatalog
 from service.metrics import Metrics
 from service.relay import KeypointRelay
@@ -100,12 +102,18 @@ class LocalHost:
         engines: dict[int, Engine],
         registry: SessionRegistry,
         sources: Sources,
+        face_mesh: Engine | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.engines = engines
         self.registry = registry
         self.sources = sources
+        self.face_mesh = face_mesh  # shared landmark network when settings.tracker == "mesh"
+
+    def _tracker(self) -> Tracker | None:
+        """A new session's driver tracker; None: the renderer's default (mediapipe)."""
+        return MeshTracker(self.face_mesh) if self.face_mesh is not None else None
 
     async def create(self, request: SessionRequest) -> tuple[SessionView, str]:
         settings = self.settings
@@ -124,7 +132,9 @@ class LocalHost:
                         "send no photo or avatar"
                     )
                 # The relay's sender builds a face tracker: too slow for the event loop.
-                renderer = await asyncio.to_thread(KeypointRelay, engine, request.size, fps)
+                renderer = await asyncio.to_thread(
+                    KeypointRelay, engine, request.size, fps, tracker=self._tracker()
+                )
             else:
                 if request.photo is not None and request.avatar is not None:
                     raise BadInputError("give either a photo or an avatar name, not both")
@@ -134,7 +144,9 @@ class LocalHost:
                     avatar = request.avatar or settings.default_avatar
                     source = await self.sources.builtin(avatar, request.size)
                 # The Reenactor builds its own face tracker: too slow for the event loop.
-                renderer = await asyncio.to_thread(Reenactor, source, engine)
+                renderer = await asyncio.to_thread(
+                    Reenactor, source, engine, tracker=self._tracker()
+                )
             options = SessionOptions(size=request.size, fps=fps, mode=request.mode, avatar=avatar)
             session = self.registry.open(options, renderer, owner=request.owner)
         return self._view(session), session.token
@@ -209,6 +221,7 @@ async def local_host(
     step under ``shutdown_timeout_s``; then the janitor, executor and engines go.
     """
     engines: dict[int, Engine] = {}
+    face_mesh: Engine | None = None
     executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="reenact-frame")
     janitor: asyncio.Task[None] | None = None
     registry: SessionRegistry | None = None
@@ -216,6 +229,8 @@ async def local_host(
         for size in dict.fromkeys(settings.sizes):
             # Slow only when the ONNX cache is cold (`make setup` fills it), hence a thread.
             engines[int(size)] = await asyncio.to_thread(_engine, settings, int(size))
+        if settings.tracker == "mesh":
+            face_mesh = await asyncio.to_thread(_face_mesh_engine, settings)
         registry = SessionRegistry(settings, metrics, executor)
         sources = Sources(settings, AvatarCatalog())
         # The default avatar is what the page offers first: embed it now, not on first click.
@@ -223,14 +238,15 @@ async def local_host(
             await sources.builtin(settings.default_avatar, served)
         janitor = asyncio.get_running_loop().create_task(registry.run_janitor(), name="janitor")
         log.info(
-            "%s host ready: sizes %s, backend %s, %d frame workers, max %d sessions",
+            "%s host ready: sizes %s, backend %s, %s tracker, %d frame workers, max %d sessions",
             name,
             list(engines),
             settings.backend,
+            settings.tracker,
             settings.workers,
             settings.max_sessions,
         )
-        yield LocalHost(name, settings, engines, registry, sources)
+        yield LocalHost(name, settings, engines, registry, sources, face_mesh)
     finally:
         if registry is not None:
             await registry.close_all()
@@ -239,12 +255,23 @@ async def local_host(
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
         for engine in engines.values():
             engine.close()
+        if face_mesh is not None:
+            face_mesh.close()
 
 
 def _engine(settings: Settings, size: int) -> Engine:
     """The generator engine for one size, behind a cross-session batch scheduler if asked."""
     batch = settings.batch_max_size
     engine = create_engine(settings.backend, size, settings.engine_threads, max_batch=batch)
+    if batch <= 1:
+        return engine
+    return BatchScheduler(engine, max_batch=batch, max_wait_ms=settings.batch_max_wait_ms)
+
+
+def _face_mesh_engine(settings: Settings) -> Engine:
+    """The landmark network every session's MeshTracker shares, batched like the generator."""
+    batch = settings.batch_max_size
+    engine = create_face_mesh_engine(settings.backend, settings.engine_threads, max_batch=batch)
     if batch <= 1:
         return engine
     return BatchScheduler(engine, max_batch=batch, max_wait_ms=settings.batch_max_wait_ms)

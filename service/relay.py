@@ -34,7 +34,7 @@ from engines import Engine
 from models.codec import MAX_IMAGE_SIDE, MessageType, message_type
 from models.codec_stream import Encoder
 from models.pipeline import FrameResult, StreamCost
-from models.tracking import FaceTracker
+from models.tracking import Tracker
 from service.compression import Outgoing, Receiver, Sender, render
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class KeypointRelay:
         fps: float = 30.0,
         *,
         basis_after: float = 10.0,
-        tracker: FaceTracker | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         side = max(384, min(MAX_IMAGE_SIDE, round(size * KEYFRAME_SCALE)))
         self.sender = Sender(

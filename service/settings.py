@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     # CPU one frame already fills the cores, so the default is 1 (no scheduler).
     batch_max_size: int = 1
     batch_max_wait_ms: float = 3.0
+    # The driver's face tracker: "mediapipe" (its CPU graph, one per session) or "mesh" (the
+    # same face-mesh network run by the backend's engine and shared by all sessions, batched
+    # like the generator: models/mesh_tracking.py).  "mesh" frees a GPU server's CPUs; on a
+    # CPU it costs about the same as mediapipe (docs/benchmarks.md).
+    tracker: Literal["mediapipe", "mesh"] = "mediapipe"
 
     # Sessions.
     max_sessions: int = 4
