@@ -64,11 +64,12 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from engines.export import export_generator
+    from engines.export import export_face_mesh, export_generator
     from models.source import generator_config
 
     for size in args.size:
         print(export_generator(generator_config(size)))
+    print(export_face_mesh())  # the landmark network for the engine-backed tracker
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -94,6 +95,21 @@ def _bench_rtc(args: argparse.Namespace) -> None:
     from service.benchmarks import loopback
 
     loopback.run(args.clients, args.seconds, args.size, args.out)
+
+
+def _soak(args: argparse.Namespace) -> None:
+    from service.benchmarks import soak
+
+    soak.run(
+        args.clients,
+        args.seconds,
+        args.size,
+        args.out,
+        find_max=args.find_max,
+        probe_seconds=args.probe_seconds,
+        max_clients=args.max_clients,
+        driving=args.driving,
+    )
 
 
 def _encode(args: argparse.Namespace) -> None:
@@ -173,6 +189,21 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--size", type=int, choices=(256, 512), default=256)
     r.add_argument("--out", type=Path, default=Path("reports/bench-rtc"))
     r.set_defaults(func=_bench_rtc)
+
+    o = sub.add_parser("soak", help="N loopback clients for minutes: fps, latency, RSS/fds/threads")
+    o.add_argument("--clients", type=int, nargs="+", default=[4], help="one run per value")
+    o.add_argument("--seconds", type=float, default=300.0, help="length of each run")
+    o.add_argument("--size", type=int, choices=(256, 512), default=256)
+    o.add_argument("--out", type=Path, default=Path("reports/soak"))
+    o.add_argument(
+        "--find-max",
+        action="store_true",
+        help="first probe N = 1, 2, ... until a session gets < 15 fps, then soak the largest",
+    )
+    o.add_argument("--probe-seconds", type=float, default=60.0)
+    o.add_argument("--max-clients", type=int, default=8, help="--find-max stops here")
+    o.add_argument("--driving", type=Path, default=DEFAULT_DATA / "driving", help="clips folder")
+    o.set_defaults(func=_soak)
 
     k = sub.add_parser("encode", help="compress a talking-head clip to a keypoint stream (.rkp)")
     k.add_argument("clip", type=Path)

@@ -28,6 +28,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ DEFAULT_CLIP = REPO.parent / "shared" / "data" / "driving" / "lp_d10.mp4"
 WARMUP_S = 1.0  # first second after the first avatar frame: key frames, allocator, tracker
 TARGET_FPS = 20.0
 TARGET_P95_MS = 80.0
+LATENCY_KEYS = ("e2e_ms", "server_ms", "up_ms", "down_ms")
 
 
 def _free_port() -> int:
@@ -80,7 +83,42 @@ def start_server(size: int, max_sessions: int) -> tuple[subprocess.Popen[bytes],
     raise RuntimeError("server did not become healthy in 120 s")
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """Terminate the child server, waiting up to 15 s for its graceful shutdown."""
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def loopback_server(size: int, max_sessions: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A child server plus this process's half of loopback: ICE host candidates on 127.0.0.1
+    and frames released at the RTP marker bit (as the server does; service/rtc/jitter.py)."""
+    process, url = start_server(size, max_sessions)
+    undo_addresses = use_host_addresses(["127.0.0.1"])  # the clients' side of loopback ICE
+    undo_jitter = release_frames_at_marker()
+    try:
+        yield process, url
+    finally:
+        undo_jitter()
+        undo_addresses()
+        stop_server(process)
+
+
+@asynccontextmanager
+async def connected(clients: list[ClipClient]) -> AsyncIterator[list[ClipClient]]:
+    """All ``clients`` connected at once; all closed (sessions DELETEd) on the way out."""
+    try:
+        await asyncio.gather(*(c.connect() for c in clients))
+        yield clients
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None}
     return {
@@ -96,14 +134,26 @@ def summarise(client: ClipClient, seconds: float) -> dict[str, Any]:
     client decoder output) compare the two processes' time.monotonic(), which is one clock
     on one host.
     """
-    report = client.report
-    keys = ("e2e_ms", "server_ms", "up_ms", "down_ms")
-    if report.started_at is None:
-        return {"fps": 0.0, "frames": 0, "drift_ms": 0.0} | {k: [] for k in keys}
-    begin, end = report.started_at + WARMUP_S, report.started_at + seconds
-    frames = [r for r in report.frames if begin <= r.at <= end]
-    telemetry = {client.track.number_of(int(m["pts"])): m for m in report.telemetry}
-    out: dict[str, list[float]] = {k: [] for k in keys}
+    if client.report.started_at is None:
+        return {"fps": 0.0, "frames": 0, "drift_ms": 0.0} | {k: [] for k in LATENCY_KEYS}
+    begin, end = client.report.started_at + WARMUP_S, client.report.started_at + seconds
+    frames, out = frame_latencies(client, begin, end)
+    e2e = out["e2e_ms"]
+    third = len(e2e) // 3
+    # Latency growth over the run: the last third's median minus the first third's.
+    drift = float(np.median(e2e[-third:]) - np.median(e2e[:third])) if third else 0.0
+    return {"fps": frames / (end - begin), "frames": frames, "drift_ms": drift} | out
+
+
+def frame_latencies(
+    client: ClipClient, begin: float, end: float
+) -> tuple[int, dict[str, list[float]]]:
+    """Avatar frames ``client`` decoded in [begin, end] (time.monotonic()), and the latencies
+    (ms, one per frame, keys :data:`LATENCY_KEYS`) of those matched to their driver frame and
+    their telemetry message."""
+    frames = [r for r in client.report.frames if begin <= r.at <= end]
+    telemetry = {client.track.number_of(int(m["pts"])): m for m in client.report.telemetry}
+    out: dict[str, list[float]] = {k: [] for k in LATENCY_KEYS}
     for r in frames:
         k = client.track.number_of(r.pts)
         sent, m = client.track.sent.get(k), telemetry.get(k)
@@ -113,23 +163,16 @@ def summarise(client: ClipClient, seconds: float) -> dict[str, Any]:
         out["server_ms"].append(float(m["server_ms"]))
         out["up_ms"].append((float(m["arrived"]) - sent) * 1000)
         out["down_ms"].append((r.at - float(m["sent"])) * 1000)
-    e2e = out["e2e_ms"]
-    third = len(e2e) // 3
-    # Latency growth over the run: the last third's median minus the first third's.
-    drift = float(np.median(e2e[-third:]) - np.median(e2e[:third])) if third else 0.0
-    return {"fps": len(frames) / (end - begin), "frames": len(frames), "drift_ms": drift} | out
+    return len(frames), out
 
 
 async def run_clients(url: str, n: int, frames: list[np.ndarray], fps: float, seconds: float,
                       size: int) -> dict[str, Any]:  # fmt: skip
     clients = [ClipClient(url, frames, fps, size=size) for _ in range(n)]
     load_before = os.getloadavg()[0]
-    try:
-        await asyncio.gather(*(c.connect() for c in clients))
+    async with connected(clients):
         await asyncio.gather(*(c.play(seconds) for c in clients))
         answers = await asyncio.gather(*(c.stats() for c in clients), return_exceptions=True)
-    finally:
-        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
     # A session the server ended early (e.g. no video for media_timeout_s) answers 404.
     server_stats = [a for a in answers if isinstance(a, dict)]
     per_client = [summarise(c, seconds) for c in clients]
@@ -142,7 +185,7 @@ async def run_clients(url: str, n: int, frames: list[np.ndarray], fps: float, se
         "fps_min": round(float(np.min(fps_each)), 2),
         "fps_total": round(float(np.sum(fps_each)), 2),
         **{
-            key: _percentiles([v for c in per_client for v in c[key]])
+            key: percentiles([v for c in per_client for v in c[key]])
             for key in ("server_ms", "e2e_ms", "up_ms", "down_ms")
         },
         "e2e_drift_ms_max": round(max(c["drift_ms"] for c in per_client), 1),
@@ -189,11 +232,8 @@ def run(clients: list[int], seconds: float, size: int, out: Path,
     """Benchmark N = each of ``clients``; write ``out``/loopback.json and .png; return results."""
     frames, fps = load_clip(clip, max_frames=300)
     out.mkdir(parents=True, exist_ok=True)
-    process, url = start_server(size, max(clients))
-    undo_addresses = use_host_addresses(["127.0.0.1"])  # the clients' side of loopback ICE
-    undo_jitter = release_frames_at_marker()  # as the server does; see service/rtc/jitter.py
     results = []
-    try:
+    with loopback_server(size, max(clients)) as (_, url):
         for n in clients:
             result = asyncio.run(run_clients(url, n, frames, fps, seconds, size))
             results.append(result)
@@ -205,14 +245,6 @@ def run(clients: list[int], seconds: float, size: int, out: Path,
                 f"{result['up_ms']['p50']}, down p50 {result['down_ms']['p50']}), "
                 f"latency drift over the run {result['e2e_drift_ms_max']:+.0f} ms"
             )
-    finally:
-        undo_jitter()
-        undo_addresses()
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
     summary = {
         "size": size,
         "seconds": seconds,
