@@ -100,6 +100,9 @@ def _bench_rtc(args: argparse.Namespace) -> None:
 def _soak(args: argparse.Namespace) -> None:
     from service.benchmarks import soak
 
+    if args.churn:
+        soak.churn(args.churn, args.churn_seconds, args.size, args.out, driving=args.driving)
+        return
     soak.run(
         args.clients,
         args.seconds,
@@ -203,6 +206,14 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--probe-seconds", type=float, default=60.0)
     o.add_argument("--max-clients", type=int, default=8, help="--find-max stops here")
     o.add_argument("--driving", type=Path, default=DEFAULT_DATA / "driving", help="clips folder")
+    o.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        metavar="K",
+        help="instead: K sessions one after another, server RSS/fds/threads after each ends",
+    )
+    o.add_argument("--churn-seconds", type=float, default=4.0, help="streaming per churn session")
     o.set_defaults(func=_soak)
 
     k = sub.add_parser("encode", help="compress a talking-head clip to a keypoint stream (.rkp)")

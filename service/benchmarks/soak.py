@@ -320,6 +320,89 @@ def soak_once(
     return run
 
 
+async def _churn_sessions(
+    pid: int, url: str, clips: list[Path], sessions: int, seconds: float, size: int
+) -> list[dict[str, float]]:
+    """One session after another, each streaming ``seconds`` then DELETEd; the server process
+    read before the first and SETTLE_S after each ends."""
+    samples = [{"session": 0, **read_process(pid)}]
+    for i in range(sessions):
+        (client,) = make_clients(url, [clips[i % len(clips)]], 1, size)
+        async with connected([client]):
+            await client.play(seconds)
+        await asyncio.sleep(SETTLE_S)
+        samples.append({"session": i + 1, **read_process(pid)})
+        print(
+            f"churn: {i + 1}/{sessions} sessions, RSS {samples[-1]['rss_mib']:.0f} MiB, "
+            f"fds {samples[-1]['fds']:.0f}, threads {samples[-1]['threads']:.0f}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return samples
+
+
+def churn(sessions: int, seconds: float, size: int, out: Path, driving: Path = DRIVING) -> dict:
+    """Sessions created and ended one after another: does the server give back what a session
+    took?  A constant-N soak cannot tell an allocator keeping freed memory from a per-session
+    leak; here a leak shows as RSS rising with every session ended.  The line is fitted after
+    the first quarter (engines, codecs and allocator pools warm up in the first sessions).
+    Writes ``churn.json`` and ``churn.png`` into ``out``."""
+    clips = driving_clips(driving)
+    out.mkdir(parents=True, exist_ok=True)
+    with loopback_server(size, 1) as (process, url):
+        samples = asyncio.run(_churn_sessions(process.pid, url, clips, sessions, seconds, size))
+    start = max(1, sessions // 4)
+    later = samples[start:]
+    fit = {key: _slope(later, key) for key in ("rss_mib", "fds", "threads")}
+    summary = {
+        "sessions": sessions,
+        "seconds_each": seconds,
+        "size": size,
+        "fit_from_session": start,
+        "growth_per_session": fit,  # slope of a line through samples[start:]
+        "samples": samples,
+    }
+    (out / "churn.json").write_text(json.dumps(summary, indent=2))
+    _plot_churn(samples, fit, out / "churn.png")
+    print(
+        f"churn: {sessions} sessions, growth per session after #{start}: RSS "
+        f"{_signed(fit['rss_mib'])} MiB, fds {_signed(fit['fds'])}, "
+        f"threads {_signed(fit['threads'])}; wrote {out / 'churn.json'} and churn.png",
+        flush=True,
+    )
+    return summary
+
+
+def _slope(samples: list[dict[str, float]], key: str) -> float | None:
+    """Least-squares growth of ``key`` per session; None with fewer than 3 samples."""
+    if len(samples) < 3:
+        return None
+    x = [s["session"] for s in samples]
+    return round(float(np.polyfit(x, [s[key] for s in samples], 1)[0]), 3)
+
+
+def _plot_churn(samples: list[dict[str, float]], fit: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [s["session"] for s in samples]
+    fig, (rss, counts) = plt.subplots(1, 2, figsize=(10, 3.8))
+    rss.plot(x, [s["rss_mib"] for s in samples], marker="o")
+    rss.set(xlabel="sessions ended", ylabel="server RSS (MiB)")
+    rss.set_title(f"RSS, {_signed(fit['rss_mib'])} MiB per session (fitted)")
+    counts.plot(x, [s["fds"] for s in samples], marker="o", label="open fds")
+    counts.plot(x, [s["threads"] for s in samples], marker="s", label="threads")
+    counts.set(xlabel="sessions ended", ylabel="count")
+    counts.legend()
+    for ax in (rss, counts):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot(runs: list[dict[str, Any]], size: int, path: Path) -> None:
     import matplotlib
 

@@ -38,3 +38,18 @@ def test_soak_records_the_server_and_the_sessions(tmp_path: Path) -> None:
     assert isinstance(run["growth"]["flat"], bool)
     assert run["idle_after"]["t"] > samples[-1]["t"]
     assert len(written["load_average_start"]) == 3
+
+
+def test_churn_reads_the_server_after_every_session(tmp_path: Path) -> None:
+    summary = soak.churn(3, 1.5, 256, tmp_path, driving=data_path("driving"))
+
+    written = json.loads((tmp_path / "churn.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert (tmp_path / "churn.png").stat().st_size > 10_000
+    samples = written["samples"]
+    assert [s["session"] for s in samples] == [0, 1, 2, 3]  # before, then after each session
+    assert all(s["rss_mib"] > 50 and s["fds"] > 3 for s in samples)
+    # Each session really ran in that server: it grew past its idle size.
+    assert max(s["rss_mib"] for s in samples[1:]) > samples[0]["rss_mib"]
+    assert set(written["growth_per_session"]) == {"rss_mib", "fds", "threads"}
+    assert written["growth_per_session"]["rss_mib"] is not None
