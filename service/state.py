@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ async def _host(settings: Settings, metrics: Metrics) -> AsyncIterator[SessionHo
     if settings.cluster == "ray":
         # Imported only here: Ray is an optional extra, and a local server never pays for it.
         # The workers apply the RTC settings in their own processes (they run the peers).
+        # Ray's driver otherwise installs a C++ failure-signal handler that also catches
+        # SIGTERM and kills the process halfway through uvicorn's graceful shutdown, before the
+        # workers end their sessions.  Ray reads the switch when it is first imported.
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         from service.cluster import WorkerPool, ray_host
 
         pool = WorkerPool(
