@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # The stamp changes whenever the dependency list or this file does, so a second `make` is a no-op.
-STAMP  := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+STAMP  := $(VENV)/.setup-$(shell cat pyproject.toml Makefile web/package-lock.json | sha1sum | cut -c1-12)
 MEDIAPIPE := mediapipe==0.10.21
 # Extras to install (dev = test tools) and whether to install Chromium for the browser test;
 # the Docker images set EXTRAS= BROWSER=0 for a runtime-only install.
@@ -25,6 +25,10 @@ $(STAMP):
 	@[ "$(BROWSER)" = 0 ] || command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: install Debian's chromium for the browser test (sudo apt-get install chromium)"; fi; }
+	@# mediapipe's web build for the page's on-device keypoint mode, from npm (pinned in
+	@# web/package-lock.json), served by the app from web/node_modules: no CDN at run time.
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix web --no-audit --no-fund --loglevel=error; \
+	 else echo "note: npm not found; the page's 'Keypoints from this device' mode will say so"; fi
 	$(BIN)/reenact export --size 256 --size 512
 	@rm -f $(VENV)/.setup-* && touch $@
 

@@ -28,6 +28,8 @@ from models.mesh_tracking import MeshTracker
 from models.pipeline import FrameRenderer, Reenactor
 from models.tracking import Tracker
 from service.builtin import AvatarCatalog
+from service.device import MODE as DEVICE_MODE
+from service.device import DeviceKeypoints
 from service.metrics import Metrics
 from service.relay import KeypointRelay
 from service.sessions import Session, SessionOptions, SessionRegistry
@@ -125,12 +127,16 @@ class LocalHost:
             engine = self.engines[request.size]
             avatar = None
             renderer: FrameRenderer
-            if request.mode == "keypoints":
-                if request.photo is not None or request.avatar is not None:
-                    raise BadInputError(
-                        "mode 'keypoints' rebuilds the sender's own face from its keypoints: "
-                        "send no photo or avatar"
-                    )
+            if request.mode in ("keypoints", DEVICE_MODE) and (
+                request.photo is not None or request.avatar is not None
+            ):
+                raise BadInputError(
+                    f"mode {request.mode!r} rebuilds the sender's own face from its "
+                    "keypoints: send no photo or avatar"
+                )
+            if request.mode == DEVICE_MODE:  # the browser tracks and encodes; we only render
+                renderer = DeviceKeypoints(engine, request.size)
+            elif request.mode == "keypoints":
                 # The relay's sender builds a face tracker: too slow for the event loop.
                 renderer = await asyncio.to_thread(
                     KeypointRelay, engine, request.size, fps, tracker=self._tracker()

@@ -18,7 +18,8 @@ only a few kbit/s of keypoints would see, next to their own camera, and the sess
 say what those kbit/s were (:class:`models.pipeline.StreamCost` per frame).
 
 What this does not show: the raw video still reaches the server (WebRTC, the browser's own
-video bitrate); extracting keypoints in the browser, so that only they leave it, is not built.
+video bitrate); session mode ``keypoints-device`` (:mod:`service.device`) is the one where the
+browser extracts and encodes the keypoints itself, so that only they leave it.
 The counted bytes are the codec's payload: SCTP/DTLS/UDP/IP headers of a real data channel
 (about 60-80 bytes per packet) are not included, and nothing is lost or reordered.
 """

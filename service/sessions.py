@@ -31,6 +31,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 
 from models.pipeline import FrameRenderer
+from service import device
 from service.errors import (
     ServerFullError,
     SessionConflictError,
@@ -139,6 +140,9 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._video_attached = False
         self._telemetry: RTCDataChannel | None = None
+        # Mode keypoints-device: the browser's keypoint stream drives the worker, not video.
+        self._device = reenactor if isinstance(reenactor, device.DeviceKeypoints) else None
+        self._control: RTCDataChannel | None = None  # its reliable channel, for replies
         self._closing = False
         self._closed = asyncio.Event()
 
@@ -194,7 +198,7 @@ class Session:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "video" and not self._video_attached:
+            if track.kind == "video" and not self._video_attached and self._device is None:
                 self._video_attached = True
                 pc.addTrack(self.output)
                 self._spawn(self._read(track), "reader")
@@ -207,6 +211,10 @@ class Session:
             if channel.label == TELEMETRY_LABEL:
                 self._telemetry = channel
                 channel.on("message", self._on_message)
+            elif self._device is not None and channel.label in device.LABELS:
+                if channel.label == device.CONTROL_LABEL:
+                    self._control = channel
+                channel.on("message", self._on_keypoints)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -217,7 +225,9 @@ class Session:
                 self._on_end(self, f"peer connection {pc.connectionState}")
 
         try:
-            answer = await peer.answer(pc, offer_sdp)
+            # A keypoint stream comes with no video: our track goes on its receiving section.
+            outbound = self.output if self._device is not None else None
+            answer = await peer.answer(pc, offer_sdp, outbound)
         except BaseException:
             # A bad offer leaves the session as it was, ready for a corrected one.
             pc.remove_all_listeners()
@@ -324,6 +334,31 @@ class Session:
         except Exception:
             self.stats.bad_messages += 1
             log.warning("session %s: telemetry message not handled", self.id, exc_info=True)
+
+    def _on_keypoints(self, message: str | bytes) -> None:
+        """A keypoint message from the browser (mode keypoints-device): counted as received
+        media, decoded on the loop (cheap), a tick for the worker when there is a new frame to
+        render, and the receiver's replies sent back reliably.  Must not raise (see
+        :meth:`_on_message`)."""
+        assert self._device is not None
+        try:
+            if not isinstance(message, bytes):
+                self.stats.bad_messages += 1
+                return
+            now = time.monotonic()
+            self.last_media_at = now
+            delivery = self._device.receive(message, now)
+            if delivery.cost is not None:
+                self.stats.stream(now, delivery.cost)
+            control = self._control
+            for reply in delivery.replies:
+                if control is not None and control.readyState == "open":
+                    control.send(reply)
+            if delivery.tick is not None:
+                self.worker.feed(delivery.tick)
+        except Exception:
+            self.stats.bad_messages += 1
+            log.warning("session %s: keypoint message not handled", self.id, exc_info=True)
 
     def _send_telemetry(self, message: dict[str, object]) -> bool:
         """Send one JSON message if the channel is open and not backed up; whether it was."""

@@ -3,6 +3,9 @@
 
 import { ApiError, createSession, endSession, getSession, listAvatars } from "./api.js";
 import { Call } from "./call.js";
+import { DeviceCall } from "./keypoints/call.js";
+import { SPEC } from "./keypoints/spec.js";
+import { FaceTracker, TrackerMissingError } from "./keypoints/tracker.js";
 import { readStats } from "./stats.js";
 
 const $ = (id) => document.getElementById(id);
@@ -14,8 +17,9 @@ const ui = {
 // Servers with API keys: the key typed in is kept for this tab only.
 const API_KEY_STORAGE = "reenact.apiKey";
 const NO_FACE_AFTER_MS = 1000;
+const DEVICE = "keypoints-device"; // the face mesh runs here; only keypoints leave the page
 
-const app = { state: "idle", mode: "avatar", keypoints: null,
+const app = { state: "idle", mode: "avatar", keypoints: null, device: null, tracker: null,
               session: null, call: null, camera: null, stats: null,
               serverStats: null, faceLostSince: null, timers: [], ended: null };
 window.reenact = app;
@@ -52,6 +56,7 @@ function describeError(error) {
     if (error.status === 415) return "That file is not a supported image (JPEG, PNG or WebP).";
     return `The server refused: ${error.message}`;
   }
+  if (error instanceof TrackerMissingError) return error.message;
   if (error?.name === "NotAllowedError") {
     return "Camera access was denied. Allow the camera for this page and try again.";
   }
@@ -103,7 +108,12 @@ async function start() {
     app.camera = await openCamera(fps);
     ui.preview.srcObject = app.camera;
 
-    say(app.mode === "keypoints" ? "Preparing the relay…" : "Preparing the avatar…");
+    if (app.mode === DEVICE) {
+      // Before the session: a server without the tracker's files says so at once.
+      say("Loading the face tracker (a few MB, once)…");
+      app.tracker ??= await FaceTracker.create();
+    }
+    say(app.mode === "avatar" ? "Preparing the avatar…" : "Preparing the relay…");
     const photo = ui.photo.files[0] ?? null;
     const chosen = document.querySelector("input[name=avatar]:checked");
     const apiKey = ui.apikey.value.trim() || null;
@@ -115,7 +125,12 @@ async function start() {
     if (apiKey) sessionStorage.setItem(API_KEY_STORAGE, apiKey);
 
     say("Connecting…");
-    app.call = new Call(app.session, app.camera);
+    app.call = app.mode === DEVICE ? deviceCall(app.session, app.camera)
+                                   : new Call(app.session, app.camera);
+    app.call.addEventListener("error", (e) => {
+      say(`Keypoint capture stopped: ${e.detail?.message ?? e.detail}`, "error");
+      stop().then(() => setState("error"));
+    });
     app.call.addEventListener("remote", (e) => { ui.avatar.srcObject = e.detail; });
     app.call.addEventListener("state", (e) => onConnectionState(e.detail));
     app.call.addEventListener("telemetry", (e) => onTelemetry(e.detail));
@@ -131,6 +146,15 @@ async function start() {
   }
 }
 
+/** A call that sends keypoints tracked here, timed by the camera's own frame rate; the
+ *  keyframe picture is as large as the server's output needs (as its own relay makes it). */
+function deviceCall(session, camera) {
+  const fps = camera.getVideoTracks()[0]?.getSettings().frameRate || 30;
+  const side = Math.round(session.options.size * SPEC.keyframe.scalePerOutputPixel);
+  const maxSide = Math.max(SPEC.keyframe.maxSide, Math.min(SPEC.maxImageSide, side));
+  return new DeviceCall(session, camera, app.tracker, { fps, maxSide });
+}
+
 function onConnectionState(state) {
   if (state === "connected") {
     setState("live");
@@ -144,7 +168,16 @@ function onConnectionState(state) {
 }
 
 function onTelemetry(message) {
-  if (message.face) {
+  if (app.mode === DEVICE) {
+    if (message.keypoints) app.keypoints = message.keypoints; // as the server received them
+    return; // the face is tracked here: showDevice reports it, and what this page sent
+  }
+  showFace(message.face);
+  if (message.keypoints) showKeypoints(message.keypoints);
+}
+
+function showFace(found) {
+  if (found) {
     if (app.faceLostSince !== null && app.state === "live") say("Live. Face found again.");
     app.faceLostSince = null;
   } else {
@@ -153,8 +186,7 @@ function onTelemetry(message) {
       say("No face detected: look into the camera, with your face well lit.", "warn");
     }
   }
-  $("stat-face").textContent = message.face ? "found" : "not found";
-  if (message.keypoints) showKeypoints(message.keypoints);
+  $("stat-face").textContent = found ? "found" : "not found";
 }
 
 /** The keypoint stream's cost as the server counted it (motion packets; keyframe apart). */
@@ -169,8 +201,9 @@ const fmt = (v, digits = 0, unit = "") => (v === null || v === undefined || Numb
   ? "–" : `${Number(v).toFixed(digits)}${unit}`;
 
 async function refreshStats() {
-  if (!app.call) return;
-  app.stats = await readStats(app.call.pc, app.stats);
+  const call = app.call; // the call may be stopped while its stats are read
+  if (!call) return;
+  app.stats = await readStats(call.pc, app.stats);
   const s = app.stats;
   $("stat-fps-out").textContent = fmt(s.fpsOut, 1, " fps");
   $("stat-fps-in").textContent = `${fmt(s.fpsIn, 1, " fps")}` +
@@ -179,11 +212,24 @@ async function refreshStats() {
   const serverDropped = app.serverStats?.stats?.dropped;
   $("stat-dropped").textContent = `${fmt(s.framesDropped)} / ${fmt(serverDropped)}`;
   $("stat-rtt").textContent = fmt(s.rttMs, 0, " ms");
-  const ms = app.call.telemetry.serverMs;
+  const ms = call.telemetry.serverMs;
   const mean = ms.length ? ms.reduce((a, b) => a + b, 0) / ms.length : null;
   $("stat-server").textContent = fmt(mean, 0, " ms");
   $("stat-video-kbps").textContent = fmt(s.kbpsOut, 0, " kbit/s") +
     (s.kbpsIn !== null ? ` (the video coming back: ${fmt(s.kbpsIn, 0, " kbit/s")})` : "");
+  if (call instanceof DeviceCall) showDevice(call);
+}
+
+/** Mode keypoints-device: what this page itself sent on its data channels, and its face. */
+function showDevice(call) {
+  const d = app.device = call.stats();
+  const keyframe = d.keyframeBytes ? `, keyframe ${fmt(d.keyframeBytes / 1000, 1, " kB")}` : "";
+  const server = app.keypoints ? `; the server received ${fmt(app.keypoints.kbps, 1, " kbit/s")}` : "";
+  $("stat-keypoint-kbps").textContent = `${fmt(d.kbps, 1, " kbit/s")} sent by this browser ` +
+    `(${fmt(d.bitsPerFrame, 0, " bits/frame")} at ${fmt(d.trackedFps, 1, " fps")}${keyframe})${server}`;
+  $("stat-video-kbps").textContent = "none: no video leaves this browser" +
+    (app.stats?.kbpsIn ? ` (the video coming back: ${fmt(app.stats.kbpsIn, 0, " kbit/s")})` : "");
+  if (call.lastPoints !== undefined) showFace(call.lastPoints !== null);
 }
 
 async function refreshServer() {
@@ -222,6 +268,7 @@ async function stop() {
   ui.avatar.srcObject = null;
   app.faceLostSince = null;
   app.keypoints = null;
+  app.device = null;
   setState("idle");
 }
 
@@ -234,8 +281,9 @@ ui.photo.addEventListener("change", () => {
 function chooseMode() {
   app.mode = document.querySelector("input[name=mode]:checked")?.value ?? "avatar";
   document.body.dataset.mode = app.mode;
-  const keypoints = app.mode === "keypoints";
-  $("remote-caption").textContent = keypoints ? "You, rebuilt from keypoints" : "Avatar";
+  const keypoints = app.mode !== "avatar";
+  $("remote-caption").textContent = app.mode === DEVICE
+    ? "You, rebuilt from keypoints this browser sent" : keypoints ? "You, rebuilt from keypoints" : "Avatar";
   ui.recentre.title = keypoints ? "Send a new keyframe: a fresh picture of you"
                                 : "Take your current expression as neutral";
 }

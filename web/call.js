@@ -49,12 +49,17 @@ export class Call extends EventTarget {
   }
 
   async start() {
-    const [video] = this.camera.getVideoTracks();
-    this.pc.addTransceiver(video, { direction: "sendrecv", streams: [this.camera] });
+    this.addMedia();
     await this.pc.setLocalDescription(await this.pc.createOffer());
     await gathered(this.pc);
     const answer = await sendOffer(this.session, this.pc.localDescription.sdp);
     await this.pc.setRemoteDescription({ type: "answer", sdp: answer });
+  }
+
+  /** What the offer carries: the camera out, the server's video back. */
+  addMedia() {
+    const [video] = this.camera.getVideoTracks();
+    this.pc.addTransceiver(video, { direction: "sendrecv", streams: [this.camera] });
   }
 
   recentre() {

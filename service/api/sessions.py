@@ -98,11 +98,15 @@ async def create_session(
     ] = 256,
     fps: Annotated[int, Form(ge=1, le=60, description="Output frame-rate cap")] = 30,
     mode: Annotated[
-        Literal["avatar", "keypoints"],
+        Literal["avatar", "keypoints", "keypoints-device"],
         Form(
             description="avatar: the server animates a portrait with your face; keypoints: it "
             "sends back your own face rebuilt from its keypoint stream (no photo or avatar), "
-            "and the stats show that stream's bitrate"
+            "and the stats show that stream's bitrate; keypoints-device: the same, but the "
+            "client tracks and encodes the keypoints itself and sends no video, only the "
+            "codec's messages on data channels 'keypoints-motion' (unordered, no "
+            "retransmissions) and 'keypoints-control' (reliable); the offer's video section is "
+            "recvonly"
         ),
     ] = "avatar",
 ) -> SessionCreated:

@@ -18,6 +18,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from models.errors import BadInputError
@@ -61,8 +62,9 @@ def use_host_addresses(addresses: Sequence[str]) -> Callable[[], None]:
     return undo
 
 
-def check_offer(sdp: str) -> None:
-    """Raise BadInputError unless ``sdp`` parses and sends video we can receive."""
+def check_offer(sdp: str, sends_video: bool = True) -> None:
+    """Raise BadInputError unless ``sdp`` parses and sends video we can receive (or, with
+    ``sends_video=False``, has a video section that can receive ours)."""
     try:
         parsed = SessionDescription.parse(sdp)
     except _SDP_ERRORS as e:
@@ -70,23 +72,31 @@ def check_offer(sdp: str) -> None:
     videos = [m for m in parsed.media if m.kind == "video"]
     if not videos:
         raise BadInputError("the SDP offer has no video section")
-    if not any(m.direction in (None, "sendrecv", "sendonly") for m in videos):
+    if sends_video and not any(m.direction in (None, "sendrecv", "sendonly") for m in videos):
         raise BadInputError("the SDP offer sends no video (direction must be sendrecv or sendonly)")
+    if not sends_video and not any(m.direction in (None, "sendrecv", "recvonly") for m in videos):
+        raise BadInputError("the SDP offer receives no video (direction must be recvonly)")
 
 
-async def answer(pc: RTCPeerConnection, offer_sdp: str) -> str:
+async def answer(
+    pc: RTCPeerConnection, offer_sdp: str, outbound: MediaStreamTrack | None = None
+) -> str:
     """Apply a remote offer and return the complete local answer (candidates included).
 
     Tracks must be attached in the peer's ``track`` handler, which runs during
-    setRemoteDescription, so the answer already negotiates the outbound avatar video.
+    setRemoteDescription, so the answer already negotiates the outbound avatar video.  An offer
+    that sends no video (session mode ``keypoints-device``) fires no such event: ``outbound``
+    is then the track to send, attached to the offer's receiving video section here.
     """
-    check_offer(offer_sdp)
+    check_offer(offer_sdp, sends_video=outbound is None)
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
     except (*_SDP_ERRORS, InvalidAccessError, InternalError) as e:
         raise BadInputError(f"unusable SDP offer: {e or type(e).__name__}") from e
     except InvalidStateError as e:
         raise BadInputError(f"offer not acceptable now: {e}") from e
+    if outbound is not None:
+        pc.addTrack(outbound)
     local = await pc.createAnswer()
     await pc.setLocalDescription(local)  # gathers candidates: the answer is complete
     return pc.localDescription.sdp

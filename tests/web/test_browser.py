@@ -19,8 +19,11 @@ import pytest_asyncio
 from PIL import Image
 from playwright.async_api import BrowserContext, Page, async_playwright
 
+from models.codec_stream import Played
+from models.landmarks import Landmarks
 from models.tracking import FaceTracker
-from tests.conftest import data_path
+from service.device import DeviceKeypoints
+from tests.conftest import data_path, mouth_open
 from tests.service.conftest import LiveServer, make_settings, run_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -239,3 +242,115 @@ async def test_page_asks_for_an_api_key_and_says_why_a_call_ended(
     assert "ended this session (max duration)" in (await page.text_content("#message") or "")
     assert await page.evaluate("() => window.reenact.camera") is None
     assert errors == []
+
+
+DEVICE_SAMPLE = """async () => {
+  const call = window.reenact.call;
+  let channelBytes = 0;
+  (await call.pc.getStats()).forEach((s) => {
+    if (s.type === 'data-channel' && s.label.startsWith('keypoints-')) channelBytes += s.bytesSent;
+  });
+  return {sent: call.stats(), channelBytes};
+}"""
+
+
+async def test_keypoints_from_this_device_send_no_video(
+    live: LiveServer, browser: BrowserContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mode keypoints-device: the page tracks and encodes its own face; the server gets only
+    data-channel messages, never a video track, and sends back a face whose mouth follows the
+    one the page tracked on its webcam."""
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(live.url + "/")
+    await page.check("input[name=mode][value=keypoints-device]")
+    await page.click("#start")
+    await page.wait_for_selector("body[data-state=live]", timeout=40_000)
+    sessions = list(live.registry)
+    assert len(sessions) == 1, (live.registry._ended, await page.text_content("#message"))
+    [session] = sessions
+    assert session.options.mode == "keypoints-device" and session.pc is not None
+    # The server only ever sends video: its one video section is sendonly.
+    assert [t.currentDirection for t in session.pc.getTransceivers()] == ["sendonly"]
+
+    # Every frame the server renders, with the motion it was rendered from (the sender's face
+    # as decoded from the packets the page sent).
+    device = session.worker.reenactor
+    assert isinstance(device, DeviceKeypoints)
+    rendered: list[tuple[np.ndarray, np.ndarray]] = []
+    render = device.receiver.render
+
+    def recording(played: Played) -> np.ndarray | None:
+        image = render(played)
+        if image is not None:
+            rendered.append((played.state.points(), image))
+        return image
+
+    monkeypatch.setattr(device.receiver, "render", recording)
+    for _ in range(300):
+        if len(rendered) >= 16:
+            break
+        await page.wait_for_timeout(100)
+    await page.wait_for_function("() => (window.reenact.stats?.framesDecoded ?? 0) > 3")
+    image = await snapshot(page)  # what the page shows is a face
+    with FaceTracker(video=False) as judge:
+        assert judge(np.ascontiguousarray(image)) is not None
+
+    # What the page counted is what its data channels sent (getStats), and what arrived.
+    sample = await page.evaluate(DEVICE_SAMPLE)
+    sent, server = sample["sent"], session.stats.snapshot()["keypoints"]
+    assert isinstance(server, dict)
+    decoder = device.receiver.decoder.stats
+    # One keyframe; resent (not remade) if motion outran it and the receiver asked for it.
+    assert sent["keyframes"] == 1 + decoder.requests and decoder.keyframes == sent["keyframes"]
+    assert decoder.corrupt == 0 and sent["keyframeBytes"] > 2000 and sent["packets"] > 10
+    total = sent["motionBytes"] + sent["keyframeBytes"] + sent["otherBytes"]
+    assert abs(sample["channelBytes"] - total) <= 0.05 * total, (sample, total)
+    assert server["keyframe_bytes"] == sent["keyframeBytes"]
+    assert 0.8 * sent["packets"] <= server["packets"] <= sent["packets"]
+    assert 0 < sent["kbps"] < 20 and 50 < sent["bitsPerFrame"] < 500, sent
+    assert "sent by this browser" in (await page.text_content("#stat-keypoint-kbps") or "")
+    assert "no video leaves" in (await page.text_content("#stat-video-kbps") or "")
+    await page.click("#stop")
+    await page.wait_for_selector("body[data-state=idle]")
+    assert errors == []
+
+    # The rebuilt mouth opens and closes with the one the page tracked and sent.
+    assert len(rendered) >= 16, len(rendered)
+    with FaceTracker(video=False) as judge:
+        pairs = []
+        for points, image in rendered:
+            rebuilt = judge(np.ascontiguousarray(image))
+            if rebuilt is not None:
+                side = image.shape[0]
+                pairs.append(
+                    (
+                        mouth_open(Landmarks(points.astype(np.float32), (side, side))),
+                        mouth_open(rebuilt),
+                    )
+                )
+    assert len(pairs) >= 0.9 * len(rendered)
+    sender, rebuilt_mouth = np.array(pairs).T
+    assert sender.max() > 0.2 and sender.min() < 0.1, sender  # the webcam's speaker talks
+    correlation = float(np.corrcoef(sender, rebuilt_mouth)[0, 1])
+    print(
+        f"keypoints-device: page {sent}; server {server}; {decoder}; {len(pairs)} frames, "
+        f"mouth correlation {correlation:.2f}"
+    )
+    assert correlation > 0.6, pairs
+
+
+async def test_device_mode_says_when_the_tracker_is_not_installed(
+    live: LiveServer, browser: BrowserContext
+) -> None:
+    """A server without web/node_modules (npm never ran) gets a clear message, no session."""
+    page = await browser.new_page()
+    await page.route("**/node_modules/**", lambda route: route.fulfill(status=404))
+    await page.goto(live.url + "/")
+    await page.check("input[name=mode][value=keypoints-device]")
+    await page.click("#start")
+    await page.wait_for_selector("body[data-state=error]", timeout=20_000)
+    assert "run make setup" in (await page.text_content("#message") or "")
+    assert len(live.registry) == 0
+    assert await page.evaluate("() => window.reenact.camera") is None
