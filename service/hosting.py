@@ -32,7 +32,7 @@ from service.device import MODE as DEVICE_MODE
 from service.device import DeviceKeypoints
 from service.metrics import Metrics
 from service.relay import KeypointRelay
-from service.sessions import Session, SessionOptions, SessionRegistry
+from service.sessions import EndedSession, Session, SessionOptions, SessionRegistry
 from service.settings import Settings
 from service.sources import Sources
 
@@ -63,6 +63,20 @@ class SessionView:
     owner: str | None
     host: str  # which host runs it ("local", or a cluster worker's name)
     ended_reason: str | None = None  # why, once status is "ended" or "failed"
+
+
+def ended_view(record: EndedSession, host: str) -> SessionView:
+    """What GET shows for a session that has ended, from the record its host keeps."""
+    return SessionView(
+        id=record.id,
+        status=record.status,
+        options=record.options,
+        age_s=record.age_s,
+        stats=record.stats,
+        owner=record.owner,
+        host=host,
+        ended_reason=record.reason,
+    )
 
 
 @dataclass(frozen=True)
@@ -162,16 +176,7 @@ class LocalHost:
         ended = self.registry.ended(session_id)
         if ended is not None:
             ended.check_token(token)
-            return SessionView(
-                id=ended.id,
-                status=ended.status,
-                options=ended.options,
-                age_s=ended.age_s,
-                stats=ended.stats,
-                owner=ended.owner,
-                host=self.name,
-                ended_reason=ended.reason,
-            )
+            return ended_view(ended, self.name)
         return self._view(self._authorised(session_id, token))
 
     async def negotiate(self, session_id: str, token: str | None, offer_sdp: str) -> str:

@@ -31,7 +31,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTa
 from models.errors import BadInputError, ReenactError
 from service.cluster.actor import Census, Failure, HostActor, WorkerInfo
 from service.errors import ServerFullError, SessionEndedError, SessionNotFoundError
-from service.hosting import HostLoad, SessionRequest, SessionView
+from service.hosting import HostLoad, SessionRequest, SessionView, ended_view
 from service.metrics import Metrics
 from service.sessions import ENDED_KEEP_MAX, EndedSession, EndStatus, end_status
 from service.settings import Settings
@@ -152,16 +152,7 @@ class RayHost:
             if lost is None:
                 raise
             record = lost.record  # its token was checked on the way
-            return SessionView(
-                id=record.id,
-                status=record.status,
-                options=record.options,
-                age_s=record.age_s,
-                stats=record.stats,
-                owner=record.owner,
-                host=lost.host,
-                ended_reason=record.reason,
-            )
+            return ended_view(record, lost.host)
         placed = self._placed.get(session_id)
         if placed is not None:
             placed.view, placed.seen_at = view, time.monotonic()

@@ -89,6 +89,15 @@ async def snapshot(page: Page) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
+async def open_page(browser: BrowserContext, url: str) -> tuple[Page, list[str]]:
+    """The page at ``url`` and the list its uncaught JavaScript errors will be appended to."""
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(url + "/")
+    return page, errors
+
+
 async def frames_decoded(page: Page) -> int:
     value = await page.evaluate("() => window.reenact.stats?.framesDecoded ?? 0")
     return int(value)
@@ -97,10 +106,7 @@ async def frames_decoded(page: Page) -> int:
 async def test_page_starts_a_call_and_shows_the_avatar(
     live: LiveServer, browser: BrowserContext
 ) -> None:
-    page = await browser.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    await page.goto(live.url + "/")
+    page, errors = await open_page(browser, live.url)
     await page.wait_for_selector("#avatars input[value=astronaut]", state="attached")
     assert await page.is_checked("#avatars input[value=astronaut]")
 
@@ -145,10 +151,7 @@ async def test_page_starts_a_call_and_shows_the_avatar(
 async def test_compressed_view_shows_keypoint_and_video_bitrates(
     live: LiveServer, browser: BrowserContext
 ) -> None:
-    page = await browser.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    await page.goto(live.url + "/")
+    page, errors = await open_page(browser, live.url)
     await page.check("input[name=mode][value=keypoints]")
     await page.click("#start")
     await page.wait_for_selector("body[data-state=live]", timeout=30_000)
@@ -212,10 +215,7 @@ async def keyed_live() -> AsyncIterator[LiveServer]:
 async def test_page_asks_for_an_api_key_and_says_why_a_call_ended(
     keyed_live: LiveServer, browser: BrowserContext
 ) -> None:
-    page = await browser.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    await page.goto(keyed_live.url + "/")
+    page, errors = await open_page(browser, keyed_live.url)
     await page.wait_for_selector("#avatars input[value=astronaut]", state="attached")
     assert await page.is_hidden("#apikey-field")  # nothing to ask until the server does
     await page.click("#start")
@@ -260,10 +260,7 @@ async def test_keypoints_from_this_device_send_no_video(
     """Mode keypoints-device: the page tracks and encodes its own face; the server gets only
     data-channel messages, never a video track, and sends back a face whose mouth follows the
     one the page tracked on its webcam."""
-    page = await browser.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    await page.goto(live.url + "/")
+    page, errors = await open_page(browser, live.url)
     await page.check("input[name=mode][value=keypoints-device]")
     await page.click("#start")
     await page.wait_for_selector("body[data-state=live]", timeout=40_000)
