@@ -18,7 +18,7 @@ from models.pipeline import Reenactor
 from models.pose import face_state
 from models.source import build_source
 from models.tracking import FaceTracker
-from tests.conftest import load_clip, load_photo
+from tests.conftest import load_clip, load_photo, mouth_open
 
 SIZE = 256
 IDENTITY_POINTS = list(FACE_OVAL + NOSE + (33, 133, 362, 263))  # face shape, not expression
@@ -28,10 +28,6 @@ IDENTITY_POINTS = list(FACE_OVAL + NOSE + (33, 133, 362, 263))  # face shape, no
 def engine() -> Iterator[Engine]:
     with create_engine("onnxruntime", SIZE) as e:
         yield e
-
-
-def mouth_open(lm: Landmarks) -> float:
-    return float(np.linalg.norm(lm.points[13] - lm.points[14]) / lm.interocular())
 
 
 def eyes_open(lm: Landmarks) -> float:

@@ -21,8 +21,7 @@ from models.tracking import FaceTracker
 from service import compression, peer
 from service.cli import main
 from service.rtc.peer import use_host_addresses
-from tests.conftest import data_path
-from tests.models.test_reenactment import mouth_open
+from tests.conftest import data_path, mouth_open
 
 _WARP = list(WARP_KEYPOINTS)
 

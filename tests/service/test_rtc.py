@@ -18,8 +18,7 @@ from models.tracking import FaceTracker, detect
 from service.builtin import AvatarCatalog
 from service.images import decode_image
 from service.rtc.client import ClipClient, Received
-from tests.conftest import load_clip
-from tests.models.test_reenactment import mouth_open
+from tests.conftest import load_clip, mouth_open
 from tests.service.conftest import LiveServer
 
 FPS = 30.0
