@@ -47,7 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.guard = Guard(settings)  # API keys and per-key limits
+    app.state.guard = Guard(settings)  # API keys, per-key limits, failed attempts per address
     errors.install(app)
     # Every route: the largest body any route takes is a portrait upload with its form.
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + UPLOAD_OVERHEAD)

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int | None = 60
     rate_limit_burst: int = 20
     max_sessions_per_key: int | None = None  # None: only max_sessions bounds a key
+    # Failed authentications (missing or unknown API key, wrong or expired session token) per
+    # client address: a token bucket of this many, refilled at this rate.  An address with none
+    # left gets 429 on every route that takes a credential, a right one included.  None: no
+    # limit.  Applies in dev mode too (session tokens).
+    auth_failures_per_minute: int | None = 10
     # Browser origins allowed to call the API from other pages (CORS); empty: same origin only.
     cors_origins: list[str] = Field(default_factory=list)
 
@@ -154,6 +159,7 @@ class Settings(BaseSettings):
         "rate_limit_per_minute",
         "rate_limit_burst",
         "max_sessions_per_key",
+        "auth_failures_per_minute",
         "max_session_s",
         "connect_timeout_s",
         "heartbeat_timeout_s",

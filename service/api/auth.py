@@ -10,6 +10,13 @@ Two kinds of credential, never interchangeable:
 
 With no keys configured the service is in local/dev mode: nothing is asked for, and
 :meth:`service.settings.Settings.check_exposure` keeps such a server on loopback.
+
+Failed attempts (a missing or unknown key, a wrong or expired session token) are limited per
+client address, so neither credential can be guessed at speed: once an address has spent its
+``auth_failures_per_minute``, every request of its that needs a credential is refused (429)
+*before* the credential is compared, a right one included, until its bucket refills; answering
+a right guess differently would let the guessing go on.  The price: users sharing an address
+(a NAT, a proxy that is not trusted, see docs/service.md) share its failures too.
 """
 
 from __future__ import annotations
@@ -57,8 +64,15 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
 
 
+# Client addresses whose failures are remembered; past this, the least recently failed one is
+# forgotten (about 100 bytes each).  Whoever can fail from more addresses than this within the
+# refill time can guess in parallel anyway: a per-address limit is not what stops them.
+MAX_FAILING_ADDRESSES = 10_000
+
+
 class Guard:
-    """The app's access checks and per-key limits; one per app, built by ``create_app``."""
+    """The app's access checks, per-key limits and failed-attempt limit per client address; one
+    per app, built by ``create_app``."""
 
     def __init__(self, settings: Settings) -> None:
         self.keys = ApiKeys(settings.api_keys)
@@ -67,6 +81,35 @@ class Guard:
             RateLimiter(per_minute, settings.rate_limit_burst) if per_minute is not None else None
         )
         self.quota = SessionQuota(settings.max_sessions_per_key, settings.retry_after_s)
+        failures = settings.auth_failures_per_minute
+        # A bucket of `failures` failed attempts per address, refilled at that rate per minute.
+        self.failures = (
+            RateLimiter(failures, failures, max_keys=MAX_FAILING_ADDRESSES)
+            if failures is not None
+            else None
+        )
+
+    def check_address(self, address: str) -> None:
+        """TooManyRequestsError if ``address`` has no failed attempts left: called before any
+        credential of its is compared.  Spends nothing."""
+        if self.failures is None:
+            return
+        wait_s = self.failures.wait(address)
+        if wait_s > 0:
+            retry_after = max(1, math.ceil(wait_s))
+            raise TooManyRequestsError(
+                f"too many failed authentication attempts from this address; retry in "
+                f"{retry_after} s",
+                retry_after=retry_after,
+            )
+
+    def failed(self, address: str) -> None:
+        """Charge one failed authentication (answered 401) to ``address``."""
+        if self.failures is None:
+            return
+        counted = self.failures.take(address) == 0.0
+        if counted and self.failures.wait(address) > 0:  # that was its last attempt
+            log.warning("client %s: out of failed authentication attempts", address)
 
     def admit(self, presented: str | None) -> str | None:
         """Check an API key and charge one request to it; returns its key id (None in dev mode).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -9,6 +10,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.auth import Guard
+from service.errors import UnauthorizedError
 from service.state import ServiceState
 
 _bearer = HTTPBearer(auto_error=False, description="The token returned by POST /v1/sessions")
@@ -38,8 +40,31 @@ def get_guard(request: Request) -> Guard:
 GuardDep = Annotated[Guard, Depends(get_guard)]
 
 
+def client_address(request: Request) -> str:
+    """The caller's IP address: the TCP peer's, or, when that peer is a trusted proxy (uvicorn's
+    ``proxy_headers``, trusting ``FORWARDED_ALLOW_IPS``), the one it forwards."""
+    return request.client.host if request.client is not None else ""
+
+
+async def failure_limit(request: Request, guard: GuardDep) -> AsyncIterator[None]:
+    """Every route that checks a credential goes through here first: an address out of failed
+    attempts is refused (429) before its credential is compared, and a 401 raised later in the
+    request (by the key or token check) is charged to its address."""
+    address = client_address(request)
+    guard.check_address(address)
+    try:
+        yield
+    except UnauthorizedError:
+        guard.failed(address)
+        raise
+
+
+FailureLimitDep = Annotated[None, Depends(failure_limit)]
+
+
 def api_key(
     guard: GuardDep,
+    _limit: FailureLimitDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_key_bearer)],
     header: Annotated[str | None, Depends(_key_header)],
 ) -> str | None:
@@ -61,6 +86,7 @@ class SessionRef:
 def session_ref(
     session_id: str,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _limit: FailureLimitDep,
     token: Annotated[str | None, Query(description="Session token, if no bearer header")] = None,
 ) -> SessionRef:
     return SessionRef(session_id, credentials.credentials if credentials is not None else token)

@@ -1,4 +1,5 @@
-"""Request limits: body size on every route, requests per API key, sessions per API key.
+"""Request limits: body size on every route, requests per API key, sessions per API key, and
+the token bucket behind failed authentication per client address (``service.api.auth``).
 
 Each is an object owned by one app (tests build many apps in one process), never a global.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 
 from starlette.datastructures import Headers
@@ -24,27 +25,50 @@ class RateLimiter:
     """A token bucket per key: holds up to ``burst`` requests and refills at ``per_minute``.
 
     A burst (a page load, a retry) passes at once; a sustained rate above ``per_minute`` does
-    not.  Keys are API key ids, so the number of buckets is bounded by the configuration.
+    not.  With ``max_keys`` at most that many buckets are kept, the least recently charged
+    dropped first (it starts full again if it comes back): for keys a client chooses, such as
+    its address.  Without it, the keys must be bounded by the configuration (API key ids).
     """
 
     def __init__(
-        self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic
+        self,
+        per_minute: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int | None = None,
     ) -> None:
         self._per_s = per_minute / 60.0
         self._burst = float(burst)
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, key: str) -> float:
         """Spend one request: 0.0 when admitted, else the seconds until one would be."""
         now = self._clock()
-        tokens, at = self._buckets.get(key, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - at) * self._per_s)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            return 0.0
+        tokens = self._tokens(key, now)
+        admitted = tokens >= 1.0
+        if admitted:
+            tokens -= 1.0
         self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self._per_s
+        self._buckets.move_to_end(key)
+        if self._max_keys is not None and len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return 0.0 if admitted else self._wait(tokens)
+
+    def wait(self, key: str) -> float:
+        """The seconds until ``key`` could spend a request (0.0: now), spending nothing."""
+        return self._wait(self._tokens(key, self._clock()))
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, at = self._buckets.get(key, (self._burst, now))
+        return min(self._burst, tokens + (now - at) * self._per_s)
+
+    def _wait(self, tokens: float) -> float:
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._per_s
 
 
 class SessionQuota:

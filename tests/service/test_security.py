@@ -1,5 +1,6 @@
 """Access and limits against a real app with API keys: keys, token scope, per-key quotas,
-rate limits, body caps, CORS, and the refusal to serve keyless on a public address."""
+rate limits, failed attempts per address, body caps, CORS, and the refusal to serve keyless on
+a public address."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from service.api.auth import Guard
+from service.api.limits import RateLimiter
 from service.app import create_app
 from service.cli import main
-from service.errors import ConfigurationError
+from service.errors import ConfigurationError, TooManyRequestsError
 from tests.service.conftest import LiveServer, make_settings, run_server, wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -42,6 +45,7 @@ async def keyed() -> AsyncIterator[LiveServer]:
         retry_after_s=7,
         max_upload_bytes=100_000,
         cors_origins=[ORIGIN],
+        auth_failures_per_minute=100,  # its tests fail on purpose; that limit has its own server
     )
     async for live in run_server(settings):
         yield live
@@ -138,6 +142,102 @@ async def test_requests_per_key_are_rate_limited(keyed: LiveServer) -> None:
     assert 1 <= int(limited.headers["retry-after"]) <= 10  # one request per 10 s
     # Per key: another key is unaffected.
     assert (await keyed.http.get("/metrics", headers=key("beta"))).status_code == 200
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def guarded() -> AsyncIterator[LiveServer]:
+    async for live in run_server(make_settings(api_keys=KEYS, auth_failures_per_minute=3)):
+        yield live
+
+
+def source(address: str) -> dict[str, str]:
+    """Headers that make a request come from ``address``: the test client connects from
+    127.0.0.1, which uvicorn trusts as a proxy by default, so it takes X-Forwarded-For."""
+    return {"X-Forwarded-For": address}
+
+
+async def test_failed_api_keys_are_limited_per_address(guarded: LiveServer) -> None:
+    http, a = guarded.http, source("203.0.113.7")
+    # Successes do not count: more of them than the address's 3 failed attempts.
+    for _ in range(5):
+        assert (await http.get("/metrics", headers={**a, **key("alpha")})).status_code == 200
+    assert (await http.post("/v1/sessions", headers=a)).status_code == 401  # no key
+    assert (await http.get("/metrics", headers={**a, "X-API-Key": "x" * 30})).status_code == 401
+    wrong_bearer = {**a, "Authorization": "Bearer " + "y" * 30}
+    assert (await http.post("/v1/sessions", headers=wrong_bearer)).status_code == 401
+    # Out of attempts: refused before the key is compared, so a right key is refused too (else
+    # a right guess would still show itself).
+    blocked = await http.post("/v1/sessions", headers={**a, **key("alpha")})
+    assert blocked.status_code == 429, blocked.text
+    assert blocked.json()["error"] == "too_many_requests"
+    assert "failed authentication" in blocked.json()["detail"]
+    assert 1 <= int(blocked.headers["retry-after"]) <= 20  # 3 a minute: one more per 20 s
+    assert (await http.get("/metrics", headers=wrong_bearer)).status_code == 429
+    assert len(guarded.registry) == 0
+    # Routes without credentials stay open to it; other addresses are unaffected.
+    assert (await http.get("/healthz", headers=a)).status_code == 200
+    session = await create(guarded, "alpha")  # from 127.0.0.1
+    elsewhere = await http.post("/v1/sessions", headers={**source("198.51.100.9"), **key("beta")})
+    assert elsewhere.status_code == 201, elsewhere.text
+    # Session routes take a credential too: the blocked address cannot use a right token.
+    own = await http.get(session["links"]["session"], headers={**a, **token(session)})
+    assert own.status_code == 429
+
+
+async def test_wrong_session_tokens_count_as_failures(guarded: LiveServer) -> None:
+    http, c = guarded.http, source("192.0.2.44")
+    session = await create(guarded, "gamma")
+    url = session["links"]["session"]
+    wrong = {**c, "Authorization": "Bearer " + "z" * 43}
+    assert (await http.get(url, headers=wrong)).status_code == 401
+    assert (await http.delete(url, headers=wrong)).status_code == 401
+    assert (await http.get(url, params={"token": "z" * 43}, headers=c)).status_code == 401
+    refused = await http.get(url, headers={**c, **token(session)})
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"] == "too_many_requests" and "retry-after" in refused.headers
+    offer = await http.post(
+        session["links"]["offer"],
+        content=b"v=0",
+        headers={**c, **token(session), "Content-Type": "application/sdp"},
+    )
+    assert offer.status_code == 429
+    # The session itself is untouched: its token still opens it from anywhere else.
+    assert (await guarded.status(session) or {}).get("status") == "created"
+
+
+async def test_failure_buckets_are_per_address_refill_and_are_bounded() -> None:
+    now = 0.0
+    limiter = RateLimiter(per_minute=3, burst=3, clock=lambda: now, max_keys=2)
+    for _ in range(3):
+        assert limiter.take("203.0.113.7") == 0.0
+    assert limiter.wait("203.0.113.7") == pytest.approx(20.0)
+    assert limiter.wait("203.0.113.7") == pytest.approx(20.0)  # looking spends nothing
+    assert limiter.wait("198.51.100.9") == 0.0  # per address
+    assert len(limiter) == 1  # and looking stores nothing
+    now = 19.0
+    assert limiter.wait("203.0.113.7") == pytest.approx(1.0)
+    now = 20.0
+    assert limiter.wait("203.0.113.7") == 0.0  # one attempt back every 20 s
+    assert limiter.take("203.0.113.7") == 0.0
+    assert limiter.take("203.0.113.7") == pytest.approx(20.0)
+    # Bounded: a third address pushes out the least recently charged one, which starts afresh.
+    limiter.take("198.51.100.9")
+    limiter.take("192.0.2.44")
+    assert len(limiter) == 2
+    assert limiter.wait("203.0.113.7") == 0.0
+
+    guard = Guard(make_settings(api_keys=KEYS, auth_failures_per_minute=2))
+    for _ in range(2):
+        guard.check_address("203.0.113.7")
+        guard.failed("203.0.113.7")
+    with pytest.raises(TooManyRequestsError) as refused:
+        guard.check_address("203.0.113.7")
+    assert refused.value.retry_after == 30
+    guard.check_address("198.51.100.9")
+    unlimited = Guard(make_settings(api_keys=KEYS, auth_failures_per_minute=None))
+    for _ in range(50):
+        unlimited.failed("203.0.113.7")
+    unlimited.check_address("203.0.113.7")
 
 
 async def test_bodies_over_the_cap_get_413_with_or_without_a_length(keyed: LiveServer) -> None:
