@@ -14,6 +14,13 @@ sender's clock), which the output track carries through as the driver's pts.  Th
 works as for any session (newest tick wins, the fps cap, model work on the executor), and
 renders whatever the playout chose for that tick.
 
+When the motion stops (the sender lost the face: its page then sends only a heartbeat a
+second), :meth:`DeviceKeypoints.idle` gives the session ticks *without* a frame, stamped on the
+sender's clock extrapolated, so the worker keeps sending the last frame and reports the face
+lost, and its :class:`service.worker.FaceLostFade` holds, then fades, it as in the other modes.
+A gap the receiver's playout would conceal (interpolated once the next packet comes, up to
+``Decoder.max_gap`` frames), or a few packet intervals of a slow tracker, is not a lost face.
+
 Threads: parsing, playout and bookkeeping run on the event loop (:meth:`DeviceKeypoints.receive`,
 cheap); the generator, and the source embedding after a new keyframe, on the worker's thread
 (:meth:`DeviceKeypoints.__call__`), as :class:`service.peer.KeypointPeer` splits them.
@@ -48,6 +55,8 @@ CONTROL_LABEL = "keypoints-control"
 LABELS = (MOTION_LABEL, CONTROL_LABEL)
 TICK_TIME_BASE = Fraction(1, 90_000)  # the output's RTP clock: pts in the sender's time
 _TICK_SIDE = 16  # the placeholder frame a tick carries; never shown
+MIN_QUIET_S = 0.25  # no motion for longer than this (and than below) is a lost face
+QUIET_INTERVALS = 3.0  # ... and than this many of the stream's usual packet intervals
 
 
 @dataclass
@@ -70,6 +79,11 @@ class DeviceKeypoints:
         self._shown: int | None = None  # the newest sequence number handed to the worker
         self._keyframe_bytes = self._basis_bytes = 0  # received, not yet counted
         self._requested: tuple[int, float] | None = None  # (epoch, monotonic) last asked for
+        self._motion_at: float | None = None  # monotonic: the last decodable motion packet
+        self._interval: float | None = None  # their usual spacing, s (moving average)
+        self._clock: tuple[float, float] | None = None  # (sender s, monotonic) of the last tick
+        self._last_t: float | None = None  # sender s of the last tick handed out (any kind)
+        self._quiet = False  # idle ticks are being handed out: the sender's face is lost
 
     # -- event loop ---------------------------------------------------------------------------
 
@@ -79,6 +93,7 @@ class DeviceKeypoints:
             kind = message_type(data)
         except BadInputError:
             kind = None
+        decoded = self.receiver.decoder.stats.motion
         self.receiver.receive(data)  # validates and counts anything bad in decoder.stats
         out = Delivery()
         if kind == MessageType.KEYFRAME:
@@ -89,30 +104,83 @@ class DeviceKeypoints:
             # Counted per motion packet, like the relay's per frame: one-off bytes ride along.
             out.cost = StreamCost(len(data), self._keyframe_bytes, self._basis_bytes)
             self._keyframe_bytes = self._basis_bytes = 0
-            out.tick = self._play()
+            if self.receiver.decoder.stats.motion > decoded:
+                self._heard(now)
+            out.tick = self._play(now)
         out.replies = self._replies(now)
         return out
 
-    def _play(self) -> Arrival | None:
+    def idle(self, now: float) -> Arrival | None:
+        """A tick with nothing new to render, when no motion has come for longer than a gap
+        the playout conceals (the sender's face is lost); None while motion flows, or before
+        any frame was shown.  The session calls this at its frame rate.  Its timestamp is the
+        sender's clock run on from the last frame shown, so the worker's hold-then-fade runs
+        in step with real time."""
+        if self._clock is None or self._motion_at is None:
+            return None
+        if now - self._motion_at <= self._quiet_after():
+            return None
+        if not self._quiet:
+            log.debug("no motion for %.2f s: the sender's face is lost", now - self._motion_at)
+            self._quiet = True
+        shown, at = self._clock
+        return self._tick(shown + (now - at))
+
+    def _quiet_after(self) -> float:
+        """How long without motion counts as a lost face: longer than the receiver conceals
+        by interpolation (``max_gap`` frames) and than a few of the stream's packet intervals
+        (a tracker at 2 fps leaves 0.5 s between packets)."""
+        decoder = self.receiver.decoder
+        keyframe = decoder.keyframe
+        conceals = decoder.max_gap / keyframe.fps if keyframe is not None else 0.0
+        spacing = QUIET_INTERVALS * self._interval if self._interval is not None else 0.0
+        return max(MIN_QUIET_S, conceals, spacing)
+
+    def _heard(self, now: float) -> None:
+        """A decodable motion packet arrived: learn the stream's usual packet spacing (not
+        from the silence of a lost face)."""
+        if self._motion_at is not None and not self._quiet:
+            gap = now - self._motion_at
+            self._interval = gap if self._interval is None else 0.8 * self._interval + 0.2 * gap
+        self._motion_at = now
+
+    def _play(self, now: float) -> Arrival | None:
         """The frame to show now: PLAYOUT_DELAY behind the newest packet, so a single lost
-        packet is interpolated; None when nothing newer than what was shown is decodable."""
+        packet is interpolated; None when nothing newer than what was shown is decodable.
+        After a lost face, the newest packet itself: the gap's frames are history."""
         decoder = self.receiver.decoder
         newest = decoder.newest
         if newest is None or decoder.keyframe is None:
             return None
         oldest = decoder.oldest
         seq = newest - PLAYOUT_DELAY if oldest is None else max(newest - PLAYOUT_DELAY, oldest)
+        if self._quiet:
+            seq = newest
         if self._shown is not None and seq <= self._shown:
             return None
         played = decoder.play(seq)
         if played is None:
             return None
+        if self._quiet:
+            log.debug("motion again: the sender's face is back")
+            self._quiet = False
         self._shown = seq
         with self._lock:
             self._pending = played
+        tick = self._tick(played.timestamp)
+        assert tick.frame.time is not None
+        self._clock = (tick.frame.time, now)
+        return tick
+
+    def _tick(self, t: float) -> Arrival:
+        """A placeholder frame stamped ``t`` (sender seconds), never before the last one."""
+        pts = round(t / TICK_TIME_BASE)
+        if self._last_t is not None:
+            pts = max(pts, round(self._last_t / TICK_TIME_BASE) + 1)  # pts only go forwards
         tick = VideoFrame(_TICK_SIDE, _TICK_SIDE, "rgb24")
-        tick.pts = round(played.timestamp / TICK_TIME_BASE)
+        tick.pts = pts
         tick.time_base = TICK_TIME_BASE
+        self._last_t = float(pts * TICK_TIME_BASE)
         return Arrival(tick, time.monotonic())
 
     def _replies(self, now: float) -> list[bytes]:
@@ -134,7 +202,8 @@ class DeviceKeypoints:
 
     def __call__(self, rgb: np.ndarray, timestamp: float | None = None) -> FrameResult:
         """Render the frame the playout chose for the newest tick (``rgb`` is the tick's
-        placeholder and unused: the driver is the keypoint stream)."""
+        placeholder and unused: the driver is the keypoint stream).  An idle tick has none:
+        the last frame again, without a face, for the worker to hold and fade."""
         t0 = time.perf_counter()
         with self._lock:
             played, self._pending = self._pending, None

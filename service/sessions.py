@@ -240,9 +240,23 @@ class Session:
         self.state = "connecting"
         self.answered_at = time.monotonic()
         self._spawn(self.worker.run(), "worker")
+        if self._device is not None:
+            self._spawn(self._tick_while_quiet(self._device), "quiet")
         self._spawn(self._advise_rate(), "rate")
         log.info("session %s: answered offer", self.id)
         return answer
+
+    async def _tick_while_quiet(self, keypoints: device.DeviceKeypoints) -> None:
+        """Mode keypoints-device: while no motion comes (the sender's face is lost; its page
+        sends only heartbeats), tick the worker at the session's fps, so the output keeps its
+        cadence and the worker holds, then fades, the last frame and reports no face, as in
+        the camera modes."""
+        period = 1.0 / self.options.fps
+        while True:
+            await asyncio.sleep(period)
+            tick = keypoints.idle(time.monotonic())
+            if tick is not None:
+                self.worker.feed(tick)
 
     async def _read(self, track: MediaStreamTrack) -> None:
         def sink(arrival: Arrival) -> None:
