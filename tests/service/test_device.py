@@ -44,9 +44,9 @@ def test_device_receiver_asks_counts_ticks_and_renders(engine: Engine) -> None:
     encoder = Encoder(FPS)
     with FaceTracker(video=True) as tracker:
         marks = [tracker(f, k / FPS) for k, f in enumerate(frames)]
-    first = marks[0]
-    assert first is not None and all(m is not None for m in marks)
-    keyframe = encoder.make_keyframe(frames[0], first, 0.0).to_bytes()
+    reference = marks[0]
+    assert reference is not None and all(m is not None for m in marks)
+    keyframe = encoder.make_keyframe(frames[0], reference, 0.0).to_bytes()
     packets = [encoder.encode(m, k / FPS) for k, m in enumerate(marks)]
     motion = [p.to_bytes() for p in packets if p is not None]
 
