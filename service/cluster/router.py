@@ -6,7 +6,9 @@ to that worker, which alone holds the session's peer connection and checks its t
 that dies (its process killed, its node gone) is noticed on the next call to it or within
 ``MONITOR_PERIOD_S`` and never used again; its sessions read as ended with status ``failed``
 ("its worker worker-1 died"), while the other workers' sessions carry on and new ones go to the
-survivors.  With no live worker left, creating a session is a 503.
+survivors.  The monitor then starts a fresh actor in the dead one's slot (``worker-1.1``, then
+``worker-1.2``, ...), at most once per slot every ``REPLACE_INTERVAL_S``; it takes sessions once
+it has started.  With no live worker left, creating a session is a 503.
 
 Every await on Ray goes through ``ObjectRef.future()``, so the event loop is never blocked
 (no ``ray.get``) and the same code works with a local cluster, ``auto`` and ``ray://``.
@@ -45,6 +47,10 @@ CALL_TIMEOUT_S = 60.0  # one create/view/negotiate/end: longer means the worker 
 PROBE_TIMEOUT_S = 5.0  # a load or liveness probe: a slower worker is skipped for placement
 MONITOR_PERIOD_S = 2.0  # how soon a dead worker is noticed when nobody calls it
 START_TIMEOUT_S = 300.0  # engines, face tracker and default avatar, workers in parallel
+# A dead worker's slot gets a new actor at most once per this many seconds: the first replacement
+# starts at the next monitor check, but a node that keeps killing its workers (out of memory, a
+# crash at start-up) costs one start per slot per interval, not a tight restart loop.
+REPLACE_INTERVAL_S = 30.0
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024  # only photos and SDP cross it; Docker's /dev/shm
 # is 64 MiB by default, and Ray's default (30 % of RAM) is sized for data pipelines.
 # One BLAS/OpenMP thread per worker process: see service.system.single_threaded_children.
@@ -68,9 +74,10 @@ class WorkerPool:
 class Worker:
     """One worker actor as the router sees it."""
 
-    def __init__(self, name: str, handle: Any) -> None:
+    def __init__(self, name: str, handle: Any, slot: int = 0) -> None:
         self.name = name
         self.handle = handle  # ray.actor.ActorHandle of a HostActor
+        self.slot = slot  # its index in RayHost.workers, kept by its replacements
         self.node_ip = "?"
         self.pid = 0
         self.alive = True
@@ -111,13 +118,24 @@ class RayHost:
     are 410, and after that it is unknown (404), as in single-process mode.
     """
 
-    def __init__(self, workers: list[Worker], settings: Settings, metrics: Metrics) -> None:
-        self.workers = workers
+    def __init__(
+        self,
+        workers: list[Worker],
+        settings: Settings,
+        metrics: Metrics,
+        spawn: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.workers = workers  # one per slot: a replacement takes its dead predecessor's place
         self._settings = settings
         self._metrics = metrics
+        self._spawn = spawn  # worker name -> a new actor handle; None: dead workers stay dead
         self._placed: dict[str, _Placed] = {}  # session id -> where it runs
         self._lost: OrderedDict[str, _Lost] = OrderedDict()  # oldest first
         self._monitor: asyncio.Task[None] | None = None
+        self._replacing: dict[int, asyncio.Task[None]] = {}  # slot -> its replacement starting
+        self._replaced_at: dict[int, float] = {}  # slot -> when its last replacement began
+        self._generation: dict[int, int] = {}  # slot -> replacements started so far
+        self._deferred: set[str] = set()  # dead workers whose replacement waits (logged once)
 
     def worker(self, name: str) -> Worker:
         return next(w for w in self.workers if w.name == name)
@@ -353,6 +371,79 @@ class RayHost:
                     loads.append(result.load)
         self._metrics.active_sessions.set(_total(loads).sessions)
         self._forget_lost(time.monotonic())
+        self._replace_dead()
+
+    # -- replacing dead workers ---------------------------------------------------------------
+
+    def _replace_dead(self) -> None:
+        """Start a new actor in each dead worker's slot, unless one is starting there already or
+        the slot's last replacement began less than ``REPLACE_INTERVAL_S`` ago."""
+        if self._spawn is None:
+            return
+        now = time.monotonic()
+        for slot, worker in enumerate(self.workers):
+            if worker.alive or slot in self._replacing:
+                continue
+            since = now - self._replaced_at.get(slot, -math.inf)
+            if since < REPLACE_INTERVAL_S:
+                if worker.name not in self._deferred:
+                    self._deferred.add(worker.name)
+                    log.warning(
+                        "worker %s: its slot was last replaced %.0f s ago, next try in %.0f s",
+                        worker.name,
+                        since,
+                        REPLACE_INTERVAL_S - since,
+                    )
+                continue
+            self._deferred.discard(worker.name)
+            self._replaced_at[slot] = now
+            generation = self._generation[slot] = self._generation.get(slot, 0) + 1
+            name = f"worker-{slot}.{generation}"
+            task = asyncio.get_running_loop().create_task(
+                self._replace(slot, worker, name), name=f"ray-replace-{name}"
+            )
+            self._replacing[slot] = task
+
+    async def _replace(self, slot: int, dead: Worker, name: str) -> None:
+        """Start ``name`` and, once started, put it in ``dead``'s slot; it then takes sessions.
+        A start that fails leaves the slot dead until the next allowed attempt; cancelled (on
+        shutdown), the new actor is killed."""
+        try:
+            await self._start_replacement(slot, dead, name)
+        finally:
+            self._replacing.pop(slot, None)
+
+    async def _start_replacement(self, slot: int, dead: Worker, name: str) -> None:
+        assert self._spawn is not None
+        log.info("worker %s: starting to replace %s", name, dead.name)
+        try:
+            ray.kill(dead.handle, no_restart=True)  # dead already: frees anything it still holds
+            handle = self._spawn(name)
+        except Exception:
+            log.exception("worker %s: could not be created", name)
+            return
+        try:
+            info: WorkerInfo = await asyncio.wait_for(
+                _result(handle.start.remote()), START_TIMEOUT_S
+            )
+        except BaseException as e:
+            ray.kill(handle, no_restart=True)
+            if not isinstance(e, Exception):
+                raise  # cancelled: shutting down
+            why = f"not started within {START_TIMEOUT_S:g} s" if isinstance(e, TimeoutError) else e
+            log.error("worker %s: failed to start, %s stays dead: %s", name, dead.name, why)
+            return
+        worker = Worker(name, handle, slot)
+        worker.node_ip, worker.pid = info.node_ip, info.pid
+        self.workers[slot] = worker
+        log.info("worker %s replaces %s: %r", name, dead.name, worker)
+
+    async def stop_replacing(self) -> None:
+        """Cancel the replacements still starting (their actors are killed)."""
+        tasks = list(self._replacing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch(self) -> None:
         while True:
@@ -370,6 +461,7 @@ class RayHost:
             self._monitor.cancel()
             await asyncio.gather(self._monitor, return_exceptions=True)
             self._monitor = None
+        await self.stop_replacing()
 
 
 def _total(loads: list[HostLoad]) -> HostLoad:
@@ -395,7 +487,8 @@ async def ray_host(
 ) -> AsyncIterator[RayHost]:
     """Connect to Ray (or start a local cluster), start the workers, yield the router.
 
-    On exit every live worker ends its sessions cleanly, bounded in time, then the actors are
+    On exit the monitor stops (and with it any replacement still starting, whose actor is
+    killed), every live worker ends its sessions cleanly, bounded in time, then the actors are
     killed and Ray is shut down if this call started it.  A Ray connection that already exists
     in the process (a test's, an embedding program's) is used as it is and left open.
     """
@@ -405,15 +498,17 @@ async def ray_host(
     workers: list[Worker] = []
     host: RayHost | None = None
     try:
-        workers = _spawn(settings, pool)
+        spawn = _spawner(settings, pool)
+        workers = [Worker(f"worker-{i}", spawn(f"worker-{i}"), i) for i in range(pool.workers)]
         await _start(workers, pool)
         log.info("ray host ready: %s", ", ".join(map(repr, workers)))
-        host = RayHost(workers, settings, metrics)
+        host = RayHost(workers, settings, metrics, spawn)
         host.start_monitor()
         yield host
     finally:
         if host is not None:
             await host.stop_monitor()
+            workers = host.workers  # with the replacements that have started
         await _stop(workers, settings.shutdown_timeout_s)
         if connected:
             await asyncio.to_thread(ray.shutdown)
@@ -439,7 +534,8 @@ def _connect(pool: WorkerPool) -> bool:
     return True
 
 
-def _spawn(settings: Settings, pool: WorkerPool) -> list[Worker]:
+def _spawner(settings: Settings, pool: WorkerPool) -> Callable[[str], Any]:
+    """A function that creates one worker actor (not started yet) by name."""
     # A worker's frame executor is sized to its CPU share, not to its node's cores.  API keys
     # are checked here, in the API: they stay out of the workers and Ray's object store.
     threads = settings.inference_workers or max(1, math.floor(pool.cpus_per_worker))
@@ -448,14 +544,15 @@ def _spawn(settings: Settings, pool: WorkerPool) -> list[Worker]:
         num_cpus=pool.cpus_per_worker,
         num_gpus=pool.gpus_per_worker,
         scheduling_strategy="SPREAD",  # one node's loss takes as few sessions as possible
-        max_restarts=0,  # a restarted worker would have lost its sessions anyway
+        max_restarts=0,  # a restarted worker would have lost its sessions anyway: the router
+        # starts a new one instead (RayHost._replace_dead), under its own name and rate limit
         runtime_env={"env_vars": WORKER_ENV},
     )
-    workers = []
-    for i in range(pool.workers):
-        name = f"worker-{i}"
-        workers.append(Worker(name, actor.remote(name, worker_settings)))
-    return workers
+
+    def spawn(name: str) -> Any:
+        return actor.remote(name, worker_settings)
+
+    return spawn
 
 
 async def _start(workers: list[Worker], pool: WorkerPool) -> None:

@@ -3,8 +3,8 @@
 The tests drive :class:`service.cluster.RayHost` as the API does: placement on the least-loaded
 worker, every call routed to the session's owner, real WebRTC media between an aiortc client
 here and the worker process, one HTTP round trip through the real app, and workers killed
-mid-call.  One cluster serves the module (starting it and the workers' engines is most of the
-module's time), so the test that kills the workers runs last.
+mid-call and replaced.  One cluster serves the module (starting it and the workers' engines is
+most of the module's time), so the test that kills the workers runs last.
 """
 
 from __future__ import annotations
@@ -245,8 +245,8 @@ async def test_the_api_serves_a_call_through_the_cluster(
         assert (gone.status_code, gone.json()["error"]) == (410, "ended")
 
 
-async def test_a_killed_worker_takes_only_its_own_sessions(
-    host: RayHost, clip: list[np.ndarray]
+async def test_a_killed_worker_takes_only_its_own_sessions_and_is_replaced(
+    host: RayHost, clip: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (kept, kept_token), (doomed, doomed_token) = [await host.create(REQUEST) for _ in range(2)]
     assert kept.host != doomed.host
@@ -274,26 +274,41 @@ async def test_a_killed_worker_takes_only_its_own_sessions(
         assert await callers[0].received(before + 10, timeout=20)
         assert looks_rendered(callers[0].frames[-1])
         assert (await host.view(kept.id, kept_token)).status == "live"
+        await callers[1].close()
 
-        # New sessions go to the survivor, and only as many as it has room for.
-        assert (await host.load()).capacity == 2
+        # The monitor starts a new worker in the dead one's slot; once started, the pool's
+        # capacity is whole again and the emptiest worker, the new one, takes the next session.
+        deadline = time.monotonic() + 60
+        while (await host.load()).capacity != 4:
+            assert time.monotonic() < deadline, f"not replaced: {host.workers}"
+            await asyncio.sleep(0.5)
+        replacement = host.workers[victim.slot]
+        assert replacement.alive and replacement.name == f"worker-{victim.slot}.1"
+        assert survivor in host.workers and victim not in host.workers
         extra, extra_token = await host.create(REQUEST)
-        assert extra.host == survivor.name
-        with pytest.raises(ServerFullError):
+        assert extra.host == replacement.name
+        more = [await host.create(REQUEST) for _ in range(2)]
+        with pytest.raises(ServerFullError, match="every session worker is full"):
             await host.create(REQUEST)
-        await host.end(extra.id, extra_token, "deleted")
-        await host.end(kept.id, kept_token, "deleted")
+        assert (await host.view(kept.id, kept_token)).status == "live"
+        for view, token in [(extra, extra_token), (kept, kept_token), *more]:
+            await host.end(view.id, token, "deleted")
+        # The dead worker's session still reads as failed, with the worker it died with.
+        lost = await host.view(doomed.id, doomed_token)
+        assert (lost.status, lost.host) == ("failed", victim.name)
     finally:
         for caller in callers:
             await caller.close()
 
-    # With every worker gone the service still answers: new sessions are refused with 503,
-    # and a session deleted before its worker died still reads as deleted, not failed.
-    ray.kill(survivor.handle)
+    # With every worker gone (and, here, none replaced) the service still answers: new sessions
+    # are refused with 503, and a session deleted before its worker died still reads as deleted.
+    monkeypatch.setattr(host, "_spawn", None)
+    for worker in (survivor, replacement):
+        ray.kill(worker.handle)
     deadline = time.monotonic() + 20
-    while survivor.alive and time.monotonic() < deadline:  # the monitor notices
+    while host._alive() and time.monotonic() < deadline:  # the monitor notices
         await asyncio.sleep(0.2)
-    assert not survivor.alive
+    assert not survivor.alive and not replacement.alive
     assert (await host.load()).capacity == 0
     with pytest.raises(ServerFullError, match="no session worker is alive"):
         await host.create(REQUEST)
