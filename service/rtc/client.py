@@ -29,6 +29,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
 from service.rtc.peer import peer_connection
+from service.rtc.tracks import Arrival, drain
 from service.settings import IceServer
 
 CLOCK = 90_000  # RTP video clock; pts unit of every frame the client sends
@@ -202,7 +203,7 @@ class ClipClient:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            self._reader = asyncio.get_running_loop().create_task(self._read(track))
+            self._reader = asyncio.get_running_loop().create_task(drain(track, self._on_frame))
 
         await pc.setLocalDescription(await pc.createOffer())
         response = await self._http.post(
@@ -265,22 +266,16 @@ class ClipClient:
     ) -> None:
         await self.close()
 
-    async def _read(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            assert isinstance(frame, VideoFrame)
-            now = time.monotonic()
-            if self.report.started_at is None:
-                self.report.started_at = now
-            image = frame.to_ndarray(format="rgb24") if self.keep_images else None
-            # Receiver pts count from the first frame received; the telemetry origin turns
-            # them back into the driver's pts.  Until it arrives, park the frames.
-            self._pending.append((int(frame.pts or 0), now, image))
-            if self._origin is not None:
-                self._flush()
+    def _on_frame(self, arrival: Arrival) -> None:
+        frame, now = arrival.frame, arrival.at
+        if self.report.started_at is None:
+            self.report.started_at = now
+        image = frame.to_ndarray(format="rgb24") if self.keep_images else None
+        # Receiver pts count from the first frame received; the telemetry origin turns them
+        # back into the driver's pts.  Until it arrives, park the frames.
+        self._pending.append((int(frame.pts or 0), now, image))
+        if self._origin is not None:
+            self._flush()
 
     async def _beat(self, channel: RTCDataChannel, period: float) -> None:
         """Heartbeats: a ping every ``period`` s while the channel is open, so the server

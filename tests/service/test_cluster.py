@@ -24,8 +24,7 @@ import pytest
 import pytest_asyncio
 import ray
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import VideoFrame
+from aiortc.mediastreams import MediaStreamTrack
 from fastapi import FastAPI
 
 from models.errors import BadInputError
@@ -45,6 +44,7 @@ from service.hosting import HostLoad, SessionRequest, SessionView
 from service.metrics import Metrics
 from service.rtc.client import ClipClient, ClipTrack
 from service.rtc.peer import peer_connection, use_host_addresses
+from service.rtc.tracks import drain
 from service.state import ServiceState
 from tests.conftest import load_clip
 from tests.service.conftest import make_settings
@@ -106,13 +106,7 @@ class Caller:
             await asyncio.gather(self._reader, return_exceptions=True)
 
     async def _read(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            assert isinstance(frame, VideoFrame)
-            self.frames.append(frame.to_ndarray(format="rgb24"))
+        await drain(track, lambda a: self.frames.append(a.frame.to_ndarray(format="rgb24")))
 
 
 def looks_rendered(image: np.ndarray) -> bool:

@@ -17,8 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import VideoFrame
+from aiortc.mediastreams import MediaStreamTrack
 
 from engines import Engine, create_engine
 from models.codec import Heartbeat, KeyframeRequest, MessageType, message_type
@@ -27,6 +26,7 @@ from models.errors import BadInputError
 from models.tracking import FaceTracker
 from service.device import CONTROL_LABEL, MOTION_LABEL, TICK_TIME_BASE, DeviceKeypoints
 from service.rtc.peer import check_offer
+from service.rtc.tracks import drain
 from tests.conftest import load_clip
 from tests.service.conftest import LiveServer
 
@@ -142,13 +142,7 @@ async def test_face_lost_holds_fades_and_recovers(server: LiveServer) -> None:
     readers: list[asyncio.Task[None]] = []
 
     async def read(track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            assert isinstance(frame, VideoFrame)
-            received.append((time.monotonic(), frame.to_ndarray(format="rgb24")))
+        await drain(track, lambda a: received.append((a.at, a.frame.to_ndarray(format="rgb24"))))
 
     def on_telemetry(message: str | bytes) -> None:
         data = json.loads(message)
