@@ -271,18 +271,23 @@ async def local_host(
 
 
 def _engine(settings: Settings, size: int) -> Engine:
-    """The generator engine for one size, behind a cross-session batch scheduler if asked."""
+    """The generator engine for one size."""
     batch = settings.batch_max_size
     engine = create_engine(settings.backend, size, settings.engine_threads, max_batch=batch)
-    if batch <= 1:
-        return engine
-    return BatchScheduler(engine, max_batch=batch, max_wait_ms=settings.batch_max_wait_ms)
+    return _shared(engine, settings)
 
 
 def _face_mesh_engine(settings: Settings) -> Engine:
     """The landmark network every session's MeshTracker shares, batched like the generator."""
     batch = settings.batch_max_size
     engine = create_face_mesh_engine(settings.backend, settings.engine_threads, max_batch=batch)
-    if batch <= 1:
+    return _shared(engine, settings)
+
+
+def _shared(engine: Engine, settings: Settings) -> Engine:
+    """``engine`` behind a cross-session batch scheduler when batch_max_size > 1."""
+    if settings.batch_max_size <= 1:
         return engine
-    return BatchScheduler(engine, max_batch=batch, max_wait_ms=settings.batch_max_wait_ms)
+    return BatchScheduler(
+        engine, max_batch=settings.batch_max_size, max_wait_ms=settings.batch_max_wait_ms
+    )
