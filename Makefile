@@ -27,8 +27,12 @@ $(STAMP):
 	  else echo "note: install Debian's chromium for the browser test (sudo apt-get install chromium)"; fi; }
 	@# mediapipe's web build for the page's on-device keypoint mode, from npm (pinned in
 	@# web/package-lock.json), served by the app from web/node_modules: no CDN at run time.
+	@# Debian's npm is installed like Chromium above when it is missing and we are root (the
+	@# images set BROWSER=0 and bring web/node_modules from a node build stage instead).
+	@[ "$(BROWSER)" = 0 ] || command -v npm >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
 	@if command -v npm >/dev/null 2>&1; then npm ci --prefix web --no-audit --no-fund --loglevel=error; \
-	 else echo "note: npm not found; the page's 'Keypoints from this device' mode will say so"; fi
+	 else echo "note: install Debian's npm (sudo apt-get install npm): the page's 'Keypoints from this device' mode and its browser test need it"; fi
 	$(BIN)/reenact export --size 256 --size 512
 	@rm -f $(VENV)/.setup-* && touch $@
 
