@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.auth import Guard
@@ -87,9 +87,10 @@ def session_ref(
     session_id: str,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     _limit: FailureLimitDep,
-    token: Annotated[str | None, Query(description="Session token, if no bearer header")] = None,
 ) -> SessionRef:
-    return SessionRef(session_id, credentials.credentials if credentials is not None else token)
+    """The token comes only in the Authorization header: a URL's query string ends up in access
+    logs, proxy logs and browser history, where a live session's token must not."""
+    return SessionRef(session_id, credentials.credentials if credentials is not None else None)
 
 
 SessionRefDep = Annotated[SessionRef, Depends(session_ref)]
