@@ -434,9 +434,14 @@ class Decoder:
         return packet
 
     def _undecodable_packet(self) -> None:
-        """Motion we cannot use: after a run of them, ask for the keyframe (again)."""
+        """Motion we cannot use: after a run of them, ask for the keyframe (again).
+
+        Also when no keyframe has come yet: on separate channels a small motion packet
+        overtakes the large reliable keyframe sent just before it, so asking at the first
+        one would have the sender resend a keyframe that is already on its way.
+        """
         self._undecodable += 1
-        if self._undecodable % self.request_after == 0 or self.keyframe is None:
+        if self._undecodable % self.request_after == 0:
             epoch = self.keyframe.epoch if self.keyframe is not None else NO_EPOCH
             request = KeyframeRequest(epoch).to_bytes()
             if request not in self.outbox:
