@@ -12,6 +12,8 @@ from typing import Protocol, Self, runtime_checkable
 
 import numpy as np
 
+from models.closeable import Closeable
+
 
 @runtime_checkable
 class Engine(Protocol):
@@ -33,21 +35,10 @@ class Engine(Protocol):
     ) -> None: ...
 
 
-class EngineBase:
-    """Context-manager plumbing shared by the runners."""
+class EngineBase(Closeable):
+    """What the runners share: a name for logs, ``close`` and the context manager."""
 
     name = "engine"
 
     def close(self) -> None:
         """Release the backend's resources (sessions, buffers)."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from types import TracebackType
 
 import cv2
 import numpy as np
 
 from engines.base import Engine
+from models.closeable import Closeable
 from models.errors import BadInputError
 from models.landmark_net import CROP_SIZE
 from models.landmarks import NUM_LANDMARKS, Landmarks
@@ -101,7 +101,7 @@ def to_image(points: np.ndarray, roi: Roi) -> np.ndarray:
     return np.concatenate([xy, z], axis=1)
 
 
-class MeshTracker:
+class MeshTracker(Closeable):
     """Finds one face per image, with the mesh run by ``engine`` (create_face_mesh_engine).
 
     Same contract as FaceTracker.  Not thread-safe: one tracker per stream; the engine may be
@@ -180,14 +180,3 @@ class MeshTracker:
 
     def close(self) -> None:
         self._detector.close()
-
-    def __enter__(self) -> MeshTracker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

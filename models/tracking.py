@@ -9,11 +9,11 @@ the remaining frame-to-frame jitter without visible lag.
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 from typing import Protocol
 
 import numpy as np
 
+from models.closeable import Closeable
 from models.errors import BadInputError, NoFaceError
 from models.landmarks import NUM_LANDMARKS, Landmarks
 from models.smoothing import OneEuroFilter
@@ -30,7 +30,7 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
-class FaceTracker:
+class FaceTracker(Closeable):
     """Finds one face per image.  Not thread-safe: one tracker per stream."""
 
     def __init__(
@@ -81,17 +81,6 @@ class FaceTracker:
 
     def close(self) -> None:
         self._mesh.close()
-
-    def __enter__(self) -> FaceTracker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def detect(rgb: np.ndarray) -> Landmarks:
