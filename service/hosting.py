@@ -107,6 +107,12 @@ class SessionHost(Protocol):
 
     async def load(self) -> HostLoad: ...
 
+    async def metrics(self) -> list[tuple[str, bytes]]:
+        """Other processes' Prometheus expositions for this one's ``/metrics`` to merge in,
+        by process name (service.metrics.merge); [] when every session runs here.  Never
+        raises: a process that does not answer is left out."""
+        ...
+
 
 class LocalHost:
     """Sessions in this process.  Built by :func:`local_host`."""
@@ -197,6 +203,9 @@ class LocalHost:
             sizes=tuple(sorted(self.engines)),
             by_owner=by_owner,
         )
+
+    async def metrics(self) -> list[tuple[str, bytes]]:
+        return []  # this process's registry is the app's own
 
     def _authorised(self, session_id: str, token: str | None) -> Session:
         """The live session, once its token checks out (404 before 401: ids are not secret).

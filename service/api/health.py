@@ -29,5 +29,10 @@ async def metrics(state: StateDep, _key: ApiKeyDep) -> Response:
     Needs an API key when keys are configured (Prometheus sends one with its scrape config's
     ``authorization: {credentials: ...}``): the numbers describe every integrator's traffic,
     which is not for anyone who can reach the port.  /healthz stays open for probes.
+
+    In cluster mode the workers' registries are merged in, their samples labelled
+    ``worker="<name>"`` (service.metrics.merge); a worker that does not answer in time is left
+    out of this scrape rather than failing or stalling it.
     """
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    others = await state.host.metrics()
+    return Response(state.metrics.render(others), media_type=CONTENT_TYPE_LATEST)

@@ -89,6 +89,7 @@ class HostActor:
         self.settings = settings
         self._stack = AsyncExitStack()
         self._host: LocalHost | None = None
+        self._metrics = Metrics()  # this process's; the API's /metrics shows it (see metrics)
 
     async def start(self) -> WorkerInfo:
         """Load the engines and open the session host; raises if that fails (start-up must)."""
@@ -99,7 +100,7 @@ class HostActor:
         logging.getLogger("service").setLevel(settings.log_level.upper())
         self._stack.callback(apply_rtc_settings(settings))
         self._host = await self._stack.enter_async_context(
-            local_host(settings, Metrics(), name=self.name)
+            local_host(settings, self._metrics, name=self.name)
         )
         info = WorkerInfo(self.name, ray.util.get_node_ip_address(), os.getpid())
         log.info("worker %s started on %s (pid %d)", self.name, info.node_ip, info.pid)
@@ -119,6 +120,13 @@ class HostActor:
 
     async def load(self) -> HostLoad | Failure:
         return await self._call(lambda host: host.load())
+
+    async def metrics(self) -> bytes | Failure:
+        """This worker's Prometheus registry in the text format, for the API's ``/metrics``
+        (which labels its samples with this worker's name).  Answered while running only."""
+        if self._host is None:
+            return Failure.of(ReenactError(f"worker {self.name} is not running"))
+        return self._metrics.render()
 
     async def census(self, session_ids: list[str]) -> Census:
         """The router's periodic check: this worker's load, and which of the sessions the router

@@ -45,6 +45,9 @@ T = TypeVar("T")
 NAMESPACE = "reenact"
 CALL_TIMEOUT_S = 60.0  # one create/view/negotiate/end: longer means the worker is stuck
 PROBE_TIMEOUT_S = 5.0  # a load or liveness probe: a slower worker is skipped for placement
+# A worker's metrics for a /metrics scrape: well inside Prometheus's default 10 s scrape timeout,
+# so one stuck worker costs the scrape this long and its own samples, never the whole scrape.
+METRICS_TIMEOUT_S = 2.0
 MONITOR_PERIOD_S = 2.0  # how soon a dead worker is noticed when nobody calls it
 START_TIMEOUT_S = 300.0  # engines, face tracker and default avatar, workers in parallel
 # A dead worker's slot gets a new actor at most once per this many seconds: the first replacement
@@ -192,6 +195,25 @@ class RayHost:
     async def load(self) -> HostLoad:
         """The live workers' loads summed (a worker that does not answer in time counts 0)."""
         return _total([load for _, load in await self._loads(self._alive())])
+
+    async def metrics(self) -> list[tuple[str, bytes]]:
+        """Every live worker's Prometheus exposition, asked concurrently.  One that does not
+        answer within ``METRICS_TIMEOUT_S`` (or fails, or has died) is left out of this scrape
+        and counted in ``reenact_cluster_scrape_errors_total{worker}``."""
+        workers = self._alive()
+        results = await asyncio.gather(
+            *(self._call(w, w.handle.metrics.remote(), METRICS_TIMEOUT_S) for w in workers),
+            return_exceptions=True,
+        )
+        expositions = []
+        for worker, result in zip(workers, results, strict=True):
+            if isinstance(result, bytes):
+                expositions.append((worker.name, result))
+                continue
+            self._metrics.scrape_errors.labels(worker.name).inc()
+            if not isinstance(result, _WorkerLost):  # a death is logged by _lose
+                log.warning("worker %s: metrics left out of the scrape: %s", worker.name, result)
+        return expositions
 
     # -- placement and routing ----------------------------------------------------------------
 

@@ -26,11 +26,12 @@ import ray
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
-from models.errors import BadInputError
+from models.errors import BadInputError, ReenactError
 from service.app import create_app, serving
 from service.builtin import AvatarCatalog
-from service.cluster import RayHost, WorkerPool, ray_host
+from service.cluster import RayHost, WorkerPool, ray_host, router
 from service.cluster.actor import Failure
 from service.cluster.router import Worker
 from service.errors import (
@@ -147,6 +148,34 @@ async def test_placement_prefers_the_emptiest_then_the_fewest_sessions() -> None
         await placed(host_of((2, 2, (256,)), (4, 4, (256,))))
 
 
+async def test_a_scrape_leaves_out_workers_that_do_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def worker(name: str, answer: Future[object]) -> Worker:
+        handle = SimpleNamespace(
+            metrics=SimpleNamespace(remote=lambda: SimpleNamespace(future=lambda: answer))
+        )
+        return Worker(name, handle)
+
+    stuck: Future[object] = Future()  # never answers
+    stopped = done(Failure.of(ReenactError("worker w2 is not running")))
+    metrics = Metrics()
+    host = RayHost(
+        [worker("w0", done(b"x 1.0\n")), worker("w1", stuck), worker("w2", stopped)],
+        SETTINGS,
+        metrics,
+    )
+    monkeypatch.setattr(router, "METRICS_TIMEOUT_S", 0.2)
+    started = time.monotonic()
+    assert await host.metrics() == [("w0", b"x 1.0\n")]
+    assert time.monotonic() - started < 2
+    errors = [
+        metrics.registry.get_sample_value("reenact_cluster_scrape_errors_total", {"worker": w})
+        for w in ("w0", "w1", "w2")
+    ]
+    assert errors == [None, 1, 1]  # w0 answered: never counted
+
+
 async def test_new_sessions_go_to_the_least_loaded_worker(host: RayHost) -> None:
     first = [await host.create(REQUEST) for _ in range(2)]
     assert {view.host for view, _ in first} == {"worker-0", "worker-1"}
@@ -229,8 +258,18 @@ async def test_the_api_serves_a_call_through_the_cluster(
             assert placed.host in {"worker-0", "worker-1"}
             async with httpx.AsyncClient(base_url=url) as http:
                 health = (await http.get("/healthz")).json()
+                scraped = (await http.get("/metrics")).text
         assert report.started_at is not None and len(report.frames) >= 5
         assert (health["sessions"], health["max_sessions"]) == (1, 4)
+        # /metrics shows the frames the owning worker rendered, and every worker's registry,
+        # each family once, next to the API's own samples (no worker label).
+        families = {f.name: f.samples for f in text_string_to_metric_families(scraped)}
+        out = {s.labels.get("worker"): s.value for s in families["reenact_frames_out"]}
+        assert out.keys() == {None, "worker-0", "worker-1"}
+        assert out[placed.host] >= 5 and out[None] == 0
+        active = {s.labels.get("worker"): s.value for s in families["reenact_active_sessions"]}
+        assert active[placed.host] == 1
+        assert scraped.count("# TYPE reenact_frames_out_total ") == 1
         # After DELETE (by the client's close) the owning worker still says how it ended.
         async with httpx.AsyncClient(base_url=url, headers=client.headers) as http:
             ended = await http.get(client.session["links"]["session"])
