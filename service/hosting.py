@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -53,7 +54,8 @@ class SessionRequest:
 
 @dataclass(frozen=True)
 class SessionView:
-    """A snapshot of one session: what ``GET /v1/sessions/{id}`` shows."""
+    """A snapshot of one session: what ``GET /v1/sessions/{id}`` shows (and, one per session,
+    ``GET /v1/sessions``)."""
 
     id: str
     status: str
@@ -63,6 +65,10 @@ class SessionView:
     owner: str | None
     host: str  # which host runs it ("local", or a cluster worker's name)
     ended_reason: str | None = None  # why, once status is "ended" or "failed"
+    # Seconds since it ended (None while it lives): a duration, not a clock reading, so views
+    # from different processes and machines sort together (age_s of an ended one is how long
+    # it lived).
+    ended_s_ago: float | None = None
 
 
 def ended_view(record: EndedSession, host: str) -> SessionView:
@@ -76,6 +82,7 @@ def ended_view(record: EndedSession, host: str) -> SessionView:
         owner=record.owner,
         host=host,
         ended_reason=record.reason,
+        ended_s_ago=round(max(0.0, time.monotonic() - record.ended_at), 2),
     )
 
 
@@ -106,6 +113,14 @@ class SessionHost(Protocol):
     async def end(self, session_id: str, token: str | None, reason: str) -> None: ...
 
     async def load(self) -> HostLoad: ...
+
+    async def sessions(self, owner: str | None, include_ended: bool = False) -> list[SessionView]:
+        """Snapshots of the live sessions (created, connecting, live) that API key id ``owner``
+        created, every owner's when ``owner`` is None (local/dev mode, where no session has
+        one); with ``include_ended``, also those that ended and are still kept to say how
+        (``ended_keep_s``).  In no particular order.  Never raises for a process that does not
+        answer: its sessions are left out."""
+        ...
 
     async def metrics(self) -> list[tuple[str, bytes]]:
         """Other processes' Prometheus expositions for this one's ``/metrics`` to merge in,
@@ -203,6 +218,18 @@ class LocalHost:
             sizes=tuple(sorted(self.engines)),
             by_owner=by_owner,
         )
+
+    async def sessions(self, owner: str | None, include_ended: bool = False) -> list[SessionView]:
+        # Those whose time is up end first, so none is listed alive past its limits (as view).
+        self.registry.expire(time.monotonic())
+        views = [self._view(s) for s in self.registry if owner is None or s.owner == owner]
+        if include_ended:
+            views += [
+                ended_view(record, self.name)
+                for record in self.registry.recently_ended()
+                if owner is None or record.owner == owner
+            ]
+        return views
 
     async def metrics(self) -> list[tuple[str, bytes]]:
         return []  # this process's registry is the app's own

@@ -578,6 +578,11 @@ class SessionRegistry:
         self._forget_ended(now)
         return self._ended.get(session_id)
 
+    def recently_ended(self) -> list[EndedSession]:
+        """The records of the ended sessions still kept (``ended_keep_s``), oldest first."""
+        self._forget_ended(time.monotonic())
+        return list(self._ended.values())
+
     def _forget_ended(self, now: float) -> None:
         keep_s = self._settings.ended_keep_s
         while self._ended:

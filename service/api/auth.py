@@ -3,8 +3,9 @@
 Two kinds of credential, never interchangeable:
 
 * an **API key** (``REENACT_API_KEYS``: key id -> secret) on the routes that spend the server's
-  resources for someone: ``POST /v1/sessions`` and ``GET /metrics``.  The key id becomes the
-  session's owner, and per-key limits (requests per minute, sessions at once) count against it;
+  resources for someone or read across sessions: ``POST /v1/sessions``, ``GET /v1/sessions``
+  (the key's own) and ``GET /metrics``.  The key id becomes the session's owner, and per-key
+  limits (requests per minute, sessions at once) count against it;
 * a **session token** (returned by ``POST /v1/sessions``) on that one session's routes, so a
   browser can be handed a token without the integrator's key (checked by the session host).
 

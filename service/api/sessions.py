@@ -1,4 +1,4 @@
-"""Sessions: create (source embedding computed here, once), inspect, end; SDP signalling."""
+"""Sessions: create (source embedding computed here, once), list, inspect, end; SDP signalling."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from models.errors import BadInputError
@@ -19,6 +19,10 @@ from service.turn import session_ice_servers
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 SDP_TYPE = "application/sdp"
+# GET /v1/sessions: a key holds at most max_sessions_per_key live sessions, but with no cap (or
+# in dev mode) and its recently ended ones it could be hundreds; a page is bounded.
+LIST_DEFAULT = 100
+LIST_MAX = 500
 
 
 class Links(BaseModel):
@@ -33,17 +37,33 @@ class OptionsOut(BaseModel):
     avatar: str | None
 
 
-class SessionOut(BaseModel):
+class SessionSummary(BaseModel):
+    """A session as a listing shows it: everything but its ICE servers (and never its token)."""
+
     id: str
-    status: str
+    status: str = Field(description="created, connecting, live; then ended, or failed")
     options: OptionsOut
     links: Links
-    ice_servers: list[IceServer]
-    age_s: float
+    age_s: float = Field(description="Seconds since it was created; once ended, how long it lived")
     stats: dict[str, object]
     ended_reason: str | None = Field(
         default=None, description="Why it ended, once status is 'ended' or 'failed'"
     )
+
+
+class SessionOut(SessionSummary):
+    ice_servers: list[IceServer] = Field(
+        description="STUN/TURN servers for this session's RTCPeerConnection (TURN credentials "
+        "are minted per session and short-lived)"
+    )
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionSummary] = Field(
+        description="Live sessions first, newest first; then, with include_ended, the ended "
+        "ones, most recently ended first"
+    )
+    truncated: bool = Field(description="More sessions matched than `limit`: the oldest are cut")
 
 
 class SessionCreated(SessionOut):
@@ -61,9 +81,9 @@ class SdpMessage(BaseModel):
     sdp: str
 
 
-def _describe(view: SessionView, request: Request, state: StateDep) -> SessionOut:
+def _summary(view: SessionView, request: Request) -> SessionSummary:
     o = view.options
-    return SessionOut(
+    return SessionSummary(
         id=view.id,
         status=view.status,
         options=OptionsOut(size=o.size, fps=o.fps, mode=o.mode, avatar=o.avatar),
@@ -71,11 +91,25 @@ def _describe(view: SessionView, request: Request, state: StateDep) -> SessionOu
             session=request.url_for("get_session", session_id=view.id).path,
             offer=request.url_for("post_offer", session_id=view.id).path,
         ),
-        ice_servers=session_ice_servers(state.settings, view.id, time.time()),
         age_s=view.age_s,
         stats=view.stats,
         ended_reason=view.ended_reason,
     )
+
+
+def _describe(view: SessionView, request: Request, state: StateDep) -> SessionOut:
+    return SessionOut(
+        **_summary(view, request).model_dump(),
+        ice_servers=session_ice_servers(state.settings, view.id, time.time()),
+    )
+
+
+def _listing_order(view: SessionView) -> tuple[bool, float, str]:
+    """Live before ended (a cut by ``limit`` drops old records, never a live session); newest
+    first in each: live by age, ended by how long ago they ended."""
+    if view.ended_s_ago is None:
+        return False, view.age_s, view.id
+    return True, view.ended_s_ago, view.id
 
 
 @router.post("", status_code=201, response_model=SessionCreated)
@@ -130,6 +164,37 @@ async def create_session(
     response.headers["Location"] = out.links.session
     return SessionCreated(
         **out.model_dump(), token=token, token_expires_in_s=state.settings.max_session_s
+    )
+
+
+@router.get("", name="list_sessions", response_model=SessionList)
+async def list_sessions(
+    state: StateDep,
+    owner: ApiKeyDep,
+    request: Request,
+    include_ended: Annotated[
+        bool,
+        Query(
+            description="Also list the sessions that ended (status ended or failed) and are "
+            "still kept to say how, for ended_keep_s"
+        ),
+    ] = False,
+    limit: Annotated[
+        int, Query(ge=1, le=LIST_MAX, description="At most this many sessions in the answer")
+    ] = LIST_DEFAULT,
+) -> SessionList:
+    """The sessions this API key created: by default the live ones (created, connecting, live),
+    which are what ``max_sessions_per_key`` counts; in local/dev mode (no keys) every session.
+
+    Each item is what ``GET /v1/sessions/{id}`` shows (status, options, links, age, stats, end
+    reason) without ``ice_servers``, and never a session's token: a session is joined with the
+    token ``POST /v1/sessions`` returned, and a listing mints no TURN credentials.  Counts
+    against the key's request rate like any call with a key.
+    """
+    views = sorted(await state.host.sessions(owner, include_ended), key=_listing_order)
+    return SessionList(
+        sessions=[_summary(view, request) for view in views[:limit]],
+        truncated=len(views) > limit,
     )
 
 

@@ -121,6 +121,9 @@ class HostActor:
     async def load(self) -> HostLoad | Failure:
         return await self._call(lambda host: host.load())
 
+    async def sessions(self, owner: str | None, include_ended: bool) -> list[SessionView] | Failure:
+        return await self._call(lambda host: host.sessions(owner, include_ended))
+
     async def metrics(self) -> bytes | Failure:
         """This worker's Prometheus registry in the text format, for the API's ``/metrics``
         (which labels its samples with this worker's name).  Answered while running only."""

@@ -196,6 +196,39 @@ class RayHost:
         """The live workers' loads summed (a worker that does not answer in time counts 0)."""
         return _total([load for _, load in await self._loads(self._alive())])
 
+    async def sessions(self, owner: str | None, include_ended: bool = False) -> list[SessionView]:
+        """Every live worker's sessions of ``owner``, asked concurrently, and, with
+        ``include_ended``, those lost with a dead worker that are still kept.  A worker that does
+        not answer within ``PROBE_TIMEOUT_S`` (or fails, or has died) is left out and logged: a
+        listing shows what answered rather than failing for one stuck worker."""
+        workers = self._alive()
+        results = await asyncio.gather(
+            *(
+                self._call(w, w.handle.sessions.remote(owner, include_ended), PROBE_TIMEOUT_S)
+                for w in workers
+            ),
+            return_exceptions=True,
+        )
+        views: list[SessionView] = []
+        now = time.monotonic()
+        for worker, result in zip(workers, results, strict=True):
+            if isinstance(result, list):
+                views += result
+            elif not isinstance(result, _WorkerLost):  # a death is logged by _lose
+                log.warning("worker %s: sessions left out of a listing: %s", worker.name, result)
+        for view in views:  # fresher views for what _lose keeps should the worker die
+            placed = self._placed.get(view.id)
+            if placed is not None:
+                placed.view, placed.seen_at = view, now
+        if include_ended:
+            self._forget_lost(now)
+            views += [
+                ended_view(lost.record, lost.host)
+                for lost in self._lost.values()
+                if owner is None or lost.record.owner == owner
+            ]
+        return views
+
     async def metrics(self) -> list[tuple[str, bytes]]:
         """Every live worker's Prometheus exposition, asked concurrently.  One that does not
         answer within ``METRICS_TIMEOUT_S`` (or fails, or has died) is left out of this scrape

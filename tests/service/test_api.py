@@ -53,6 +53,9 @@ async def test_health_docs_and_avatars(api: LiveServer) -> None:
     assert {"/v1/sessions", "/v1/sessions/{session_id}", "/v1/sessions/{session_id}/offer"} <= set(
         paths
     )
+    listing = paths["/v1/sessions"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {"include_ended", "limit"}
+    assert "token" in listing["description"]  # says what it never shows
     avatars = (await api.http.get("/v1/avatars")).json()
     assert [a["name"] for a in avatars] == ["astronaut"]
     assert "public domain" in avatars[0]["licence"].lower()
@@ -101,6 +104,33 @@ async def test_session_lifecycle(api: LiveServer) -> None:
     assert 'reenact_sessions_ended_total{reason="deleted"} 1.0' in metrics
     for name in ("frames_in_total", "frames_out_total", "stage_latency_seconds"):
         assert f"reenact_{name}" in metrics
+
+
+async def test_dev_mode_lists_every_session(api: LiveServer) -> None:
+    """No API keys: no key is asked for, and the listing holds every session (earlier tests'
+    ended ones too, with include_ended)."""
+    older, newer = await api.create_session(), await api.create_session(mode="keypoints")
+    listed = await api.http.get("/v1/sessions")
+    assert listed.status_code == 200, listed.text
+    assert [s["id"] for s in listed.json()["sessions"]] == [newer["id"], older["id"]]
+    assert listed.json()["sessions"][0]["options"]["mode"] == "keypoints"
+    assert "ice_servers" not in listed.json()["sessions"][0]
+    assert older["token"] not in listed.text and newer["token"] not in listed.text
+
+    deleted = await api.http.delete(older["links"]["session"], headers=auth(older))
+    assert deleted.status_code == 204
+    live = (await api.http.get("/v1/sessions")).json()["sessions"]
+    assert [s["id"] for s in live] == [newer["id"]]
+    everything = await api.http.get("/v1/sessions", params={"include_ended": "true"})
+    sessions = everything.json()["sessions"]
+    assert sessions[0]["id"] == newer["id"]  # live first, then the most recently ended
+    assert (sessions[1]["id"], sessions[1]["status"], sessions[1]["ended_reason"]) == (
+        older["id"],
+        "ended",
+        "deleted",
+    )
+    assert all(s["status"] in ("ended", "failed") for s in sessions[1:])
+    assert (await api.http.get("/v1/sessions", params={"limit": 0})).status_code == 422
 
 
 async def test_uploaded_portrait_makes_a_session(api: LiveServer) -> None:

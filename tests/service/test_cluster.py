@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from types import SimpleNamespace
 
 import cv2
@@ -46,6 +47,7 @@ from service.metrics import Metrics
 from service.rtc.client import ClipClient, ClipTrack
 from service.rtc.peer import peer_connection, use_host_addresses
 from service.rtc.tracks import drain
+from service.sessions import SessionOptions
 from service.state import ServiceState
 from tests.conftest import load_clip
 from tests.service.conftest import make_settings
@@ -176,21 +178,60 @@ async def test_a_scrape_leaves_out_workers_that_do_not_answer(
     assert errors == [None, 1, 1]  # w0 answered: never counted
 
 
+async def test_a_listing_leaves_out_workers_that_do_not_answer(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def worker(name: str, answer: Future[object]) -> Worker:
+        handle = SimpleNamespace(
+            sessions=SimpleNamespace(remote=lambda *_: SimpleNamespace(future=lambda: answer))
+        )
+        return Worker(name, handle)
+
+    view = SessionView("s0", "live", SessionOptions(256, 15, "avatar", None), 1.0, {}, "a", "w0")
+    stuck: Future[object] = Future()  # never answers
+    stopped = done(Failure.of(ReenactError("worker w2 is not running")))
+    host = RayHost(
+        [worker("w0", done([view])), worker("w1", stuck), worker("w2", stopped)],
+        SETTINGS,
+        Metrics(),
+    )
+    monkeypatch.setattr(router, "PROBE_TIMEOUT_S", 0.2)
+    started = time.monotonic()
+    assert await host.sessions("a") == [view]
+    assert time.monotonic() - started < 2
+    left_out = [r.getMessage() for r in caplog.records if "left out of a listing" in r.message]
+    assert [m.split(":")[0] for m in left_out] == ["worker w1", "worker w2"]
+    assert "did not answer within 0.2 s" in left_out[0] and "not running" in left_out[1]
+
+
 async def test_new_sessions_go_to_the_least_loaded_worker(host: RayHost) -> None:
     first = [await host.create(REQUEST) for _ in range(2)]
     assert {view.host for view, _ in first} == {"worker-0", "worker-1"}
     load = await host.load()
     assert (load.sessions, load.capacity, load.sizes) == (2, 4, (256,))
 
-    more = [await host.create(REQUEST) for _ in range(2)]
+    acme = replace(REQUEST, owner="acme")
+    more = [await host.create(acme) for _ in range(2)]
     assert Counter(view.host for view, _ in first + more) == {"worker-0": 2, "worker-1": 2}
     with pytest.raises(ServerFullError, match="every session worker is full") as full:
         await host.create(REQUEST)
     assert full.value.retry_after == 7
 
+    # A listing gathers every worker's sessions: an owner's alone, or all of them.
+    owned = await host.sessions("acme")
+    assert sorted((v.id, v.host) for v in owned) == sorted((v.id, v.host) for v, _ in more)
+    assert {v.host for v in owned} == {"worker-0", "worker-1"}
+    everyone = await host.sessions(None)
+    assert {v.id for v in everyone} == {v.id for v, _ in first + more}
+
     for view, token in first + more:
         await host.end(view.id, token, "deleted")
     assert (await host.load()).sessions == 0
+    assert await host.sessions("acme") == []
+    ended = await host.sessions("acme", include_ended=True)
+    assert sorted((v.id, v.status, v.ended_reason) for v in ended) == sorted(
+        (v.id, "ended", "deleted") for v, _ in more
+    )
     # Errors raised inside a worker come back as the project's own, message and all.
     with pytest.raises(BadInputError) as bad:
         await host.create(SessionRequest(size=256, fps=15, avatar="nobody"))
@@ -301,6 +342,9 @@ async def test_a_killed_worker_takes_only_its_own_sessions_and_is_replaced(
             await host.end(doomed.id, doomed_token, "deleted")
         with pytest.raises(UnauthorizedError):
             await host.view(doomed.id, kept_token)
+        # A listing shows it failed (the router keeps it), next to the survivor's live one.
+        listed = {v.id: v.status for v in await host.sessions(None, include_ended=True)}
+        assert (listed[doomed.id], listed[kept.id]) == ("failed", "live")
 
         # The survivor's session carries on: frames keep coming, calls keep working.
         before = len(callers[0].frames)

@@ -21,7 +21,10 @@ from tests.service.conftest import LiveServer, make_settings, run_server, wait_u
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-KEYS = {name: f"{name}-secret-0123456789abcdef" for name in ("alpha", "beta", "gamma", "burst")}
+KEYS = {
+    name: f"{name}-secret-0123456789abcdef"
+    for name in ("alpha", "beta", "gamma", "burst", "delta", "epsilon")
+}
 ORIGIN = "https://app.example"
 LIMIT = 100_000 + 64 * 1024  # max_upload_bytes + the form's overhead: the cap on any body
 
@@ -132,14 +135,73 @@ async def test_sessions_per_key_and_in_total(keyed: LiveServer) -> None:
     assert len(keyed.registry) == 4
 
 
+async def test_a_key_lists_its_own_sessions_and_nothing_else(keyed: LiveServer) -> None:
+    # delta 6 requests, epsilon 3.  Earlier tests' sessions (other keys') are ended records by now.
+    first = await create(keyed, "delta")
+    deleted = await keyed.http.delete(first["links"]["session"], headers=token(first))
+    assert deleted.status_code == 204
+    older, newer = await create(keyed, "delta"), await create(keyed, "delta")
+    theirs = await create(keyed, "epsilon")
+
+    listed = await keyed.http.get("/v1/sessions", headers=key("delta"))
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    # Only the key's live sessions by default, newest first, no token and no ICE servers.
+    assert [s["id"] for s in body["sessions"]] == [newer["id"], older["id"]]
+    assert body["truncated"] is False
+    item = body["sessions"][0]
+    assert set(item) == {"id", "status", "options", "links", "age_s", "stats", "ended_reason"}
+    assert (item["status"], item["links"], item["options"]) == (
+        "created",
+        newer["links"],
+        newer["options"],
+    )
+    every = [first, older, newer, theirs]
+    assert not any(s["token"] in listed.text for s in every)
+
+    # With the ended ones still kept: the deleted one, after the live ones, saying why.
+    with_ended = await keyed.http.get(
+        "/v1/sessions", params={"include_ended": "true"}, headers={"X-API-Key": KEYS["delta"]}
+    )
+    assert with_ended.status_code == 200, with_ended.text
+    sessions = with_ended.json()["sessions"]
+    assert [s["id"] for s in sessions] == [newer["id"], older["id"], first["id"]]
+    assert (sessions[2]["status"], sessions[2]["ended_reason"]) == ("ended", "deleted")
+    assert not any(s["token"] in with_ended.text for s in every)
+    # Bounded: a page of one is the newest, and says there is more.
+    page = await keyed.http.get("/v1/sessions", params={"limit": 1}, headers=key("delta"))
+    assert [s["id"] for s in page.json()["sessions"]] == [newer["id"]]
+    assert page.json()["truncated"] is True
+
+    # Another key sees its own, never delta's.
+    other = await keyed.http.get("/v1/sessions", headers=key("epsilon"), params={"limit": 500})
+    assert [s["id"] for s in other.json()["sessions"]] == [theirs["id"]]
+    assert not any(s["token"] in other.text for s in every)
+    too_many = await keyed.http.get("/v1/sessions", headers=key("epsilon"), params={"limit": 501})
+    assert too_many.status_code == 422
+
+    # Without a key, or with a wrong one: 401, like creating.
+    missing = await keyed.http.get("/v1/sessions")
+    assert missing.status_code == 401 and "API key" in missing.json()["detail"]
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = await keyed.http.get("/v1/sessions", headers={"X-API-Key": "x" * 30})
+    assert (wrong.status_code, wrong.json()["detail"]) == (401, "unknown API key")
+    # A session token is not an API key, not even for listing its own key's sessions.
+    by_token = await keyed.http.get("/v1/sessions", headers=token(newer))
+    assert by_token.status_code == 401
+
+
 async def test_requests_per_key_are_rate_limited(keyed: LiveServer) -> None:
-    # burst: 11 requests; beta 1.
-    for _ in range(10):  # the burst passes at once
+    # burst: 12 requests; beta 1.
+    # The burst passes at once; a listing counts like any call with a key.
+    assert (await keyed.http.get("/v1/sessions", headers=key("burst"))).status_code == 200
+    for _ in range(9):
         assert (await keyed.http.get("/metrics", headers=key("burst"))).status_code == 200
     limited = await keyed.http.get("/metrics", headers=key("burst"))
     assert limited.status_code == 429
     assert limited.json()["error"] == "too_many_requests"
     assert 1 <= int(limited.headers["retry-after"]) <= 10  # one request per 10 s
+    assert (await keyed.http.get("/v1/sessions", headers=key("burst"))).status_code == 429
     # Per key: another key is unaffected.
     assert (await keyed.http.get("/metrics", headers=key("beta"))).status_code == 200
 
@@ -162,7 +224,7 @@ async def test_failed_api_keys_are_limited_per_address(guarded: LiveServer) -> N
     for _ in range(5):
         assert (await http.get("/metrics", headers={**a, **key("alpha")})).status_code == 200
     assert (await http.post("/v1/sessions", headers=a)).status_code == 401  # no key
-    assert (await http.get("/metrics", headers={**a, "X-API-Key": "x" * 30})).status_code == 401
+    assert (await http.get("/v1/sessions", headers={**a, "X-API-Key": "x" * 30})).status_code == 401
     wrong_bearer = {**a, "Authorization": "Bearer " + "y" * 30}
     assert (await http.post("/v1/sessions", headers=wrong_bearer)).status_code == 401
     # Out of attempts: refused before the key is compared, so a right key is refused too (else
@@ -173,6 +235,7 @@ async def test_failed_api_keys_are_limited_per_address(guarded: LiveServer) -> N
     assert "failed authentication" in blocked.json()["detail"]
     assert 1 <= int(blocked.headers["retry-after"]) <= 20  # 3 a minute: one more per 20 s
     assert (await http.get("/metrics", headers=wrong_bearer)).status_code == 429
+    assert (await http.get("/v1/sessions", headers={**a, **key("alpha")})).status_code == 429
     assert len(guarded.registry) == 0
     # Routes without credentials stay open to it; other addresses are unaffected.
     assert (await http.get("/healthz", headers=a)).status_code == 200
