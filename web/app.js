@@ -224,9 +224,10 @@ async function refreshStats() {
 function showDevice(call) {
   const d = app.device = call.stats();
   const keyframe = d.keyframeBytes ? `, keyframe ${fmt(d.keyframeBytes / 1000, 1, " kB")}` : "";
+  const basis = d.basisBytes ? `, speaker basis ${fmt(d.basisBytes / 1000, 2, " kB")}` : "";
   const server = app.keypoints ? `; the server received ${fmt(app.keypoints.kbps, 1, " kbit/s")}` : "";
   $("stat-keypoint-kbps").textContent = `${fmt(d.kbps, 1, " kbit/s")} sent by this browser ` +
-    `(${fmt(d.bitsPerFrame, 0, " bits/frame")} at ${fmt(d.trackedFps, 1, " fps")}${keyframe})${server}`;
+    `(${fmt(d.bitsPerFrame, 0, " bits/frame")} at ${fmt(d.trackedFps, 1, " fps")}${keyframe}${basis})${server}`;
   $("stat-video-kbps").textContent = "none: no video leaves this browser" +
     (app.stats?.kbpsIn ? ` (the video coming back: ${fmt(app.stats.kbpsIn, 0, " kbit/s")})` : "");
   if (call.lastPoints !== undefined) showFace(call.lastPoints !== null);

@@ -19,6 +19,8 @@ import pytest_asyncio
 from PIL import Image
 from playwright.async_api import BrowserContext, Page, async_playwright
 
+from models import codec_stream
+from models.codec import Basis, Motion, MotionPacket
 from models.codec_stream import Played
 from models.landmarks import Landmarks
 from models.tracking import FaceTracker
@@ -250,7 +252,16 @@ DEVICE_SAMPLE = """async () => {
   (await call.pc.getStats()).forEach((s) => {
     if (s.type === 'data-channel' && s.label.startsWith('keypoints-')) channelBytes += s.bytesSent;
   });
-  return {sent: call.stats(), channelBytes};
+  return {sent: call.stats(), channelBytes, basis: call.sender.encoder.basis?.id ?? null};
+}"""
+
+# The page's sender learns a speaker basis this long after its keyframe (the product waits
+# 10 s, longer than the test runs): enough tracked frames to learn from at 1-3 fps.
+DEVICE_BASIS_AFTER_S = 3
+SHORTEN_BASIS = """(after) => {
+  const sender = window.reenact.call.sender;
+  sender.basisAfter = after;
+  return sender.encoder.stats.keyframes;
 }"""
 
 
@@ -259,10 +270,14 @@ async def test_keypoints_from_this_device_send_no_video(
 ) -> None:
     """Mode keypoints-device: the page tracks and encodes its own face; the server gets only
     data-channel messages, never a video track, and sends back a face whose mouth follows the
-    one the page tracked on its webcam."""
+    one the page tracked on its webcam.  The page sends a speaker basis; the server
+    acknowledges it, and the packets coded with it decode."""
     page, errors = await open_page(browser, live.url)
     await page.check("input[name=mode][value=keypoints-device]")
     await page.click("#start")
+    # Before the first keyframe (it needs the data channel open and a tracked face).
+    await page.wait_for_function("() => window.reenact.call?.sender !== undefined", polling=10)
+    assert await page.evaluate(SHORTEN_BASIS, DEVICE_BASIS_AFTER_S) == 0
     await page.wait_for_selector("body[data-state=live]", timeout=40_000)
     sessions = list(live.registry)
     assert len(sessions) == 1, (live.registry._ended, await page.text_content("#message"))
@@ -285,6 +300,15 @@ async def test_keypoints_from_this_device_send_no_video(
         return image
 
     monkeypatch.setattr(device.receiver, "render", recording)
+    # The basis each packet the server decodes was coded with (0: none).
+    bases: list[int] = []
+    dequantize = codec_stream.dequantize
+
+    def decoding(packet: MotionPacket, basis: Basis | None = None) -> Motion:
+        bases.append(packet.basis_id)
+        return dequantize(packet, basis)
+
+    monkeypatch.setattr(codec_stream, "dequantize", decoding)
     for _ in range(300):
         if len(rendered) >= 16:
             break
@@ -302,9 +326,14 @@ async def test_keypoints_from_this_device_send_no_video(
     # One keyframe; resent (not remade) if motion outran it and the receiver asked for it.
     assert sent["keyframes"] == 1 + decoder.requests and decoder.keyframes == sent["keyframes"]
     assert decoder.corrupt == 0 and sent["keyframeBytes"] > 2000 and sent["packets"] > 10
-    total = sent["motionBytes"] + sent["keyframeBytes"] + sent["otherBytes"]
+    total = sent["motionBytes"] + sent["keyframeBytes"] + sent["basisBytes"] + sent["otherBytes"]
     assert abs(sample["channelBytes"] - total) <= 0.05 * total, (sample, total)
     assert server["keyframe_bytes"] == sent["keyframeBytes"]
+    # A speaker basis (one more after each fresh keyframe), acknowledged: later packets use it,
+    # and the server decodes them.
+    assert sent["bases"] == decoder.bases >= 1 and sample["basis"] is not None, (sample, decoder)
+    assert server["basis_bytes"] == sent["basisBytes"] > 3 + 4 + 76 + 4
+    assert decoder.unknown_basis == 0 and sample["basis"] in bases, bases
     assert 0.8 * sent["packets"] <= server["packets"] <= sent["packets"]
     assert 0 < sent["kbps"] < 20 and 50 < sent["bitsPerFrame"] < 500, sent
     assert "sent by this browser" in (await page.text_content("#stat-keypoint-kbps") or "")

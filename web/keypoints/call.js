@@ -2,15 +2,15 @@
 // messages leave the browser, on two data channels (as service/peer.py's peers use them):
 //
 //   keypoints-motion   unordered, maxRetransmits 0: one motion packet per tracked frame;
-//   keypoints-control  reliable, ordered: keyframes and heartbeats out, the receiver's
-//                      keyframe requests in.
+//   keypoints-control  reliable, ordered: keyframes, speaker bases and heartbeats out, the
+//                      receiver's keyframe requests and basis acknowledgements in.
 //
 // The offer sends no video (a recvonly transceiver): the server renders the reconstruction
 // and sends that back as video.  Bytes handed to the channels are counted here, so the page
 // shows what the browser itself sent.
 
 import { Call } from "../call.js";
-import { heartbeatBytes } from "./codec.js";
+import { MessageType, heartbeatBytes, messageType } from "./codec.js";
 import { Sender } from "./sender.js";
 
 export const MOTION_LABEL = "keypoints-motion";
@@ -23,7 +23,8 @@ const WINDOW_S = 5.0; // the rate shown is over this many seconds
 class SentCounter {
   constructor() {
     Object.assign(this, { frames: 0, packets: 0, dropped: 0, motionBytes: 0, keyframes: 0,
-                          keyframeBytes: 0, otherBytes: 0, recent: [] });
+                          keyframeBytes: 0, bases: 0, basisBytes: 0, otherBytes: 0,
+                          requests: 0, recent: [] });
   }
 
   frame(now, motionBytes) {
@@ -43,17 +44,19 @@ class SentCounter {
       trackedFps: span ? (recent.length - 1) / span : 0,
       frames: this.frames, packets: this.packets, dropped: this.dropped,
       motionBytes: this.motionBytes, keyframes: this.keyframes,
-      keyframeBytes: this.keyframeBytes, otherBytes: this.otherBytes,
+      keyframeBytes: this.keyframeBytes, bases: this.bases, basisBytes: this.basisBytes,
+      otherBytes: this.otherBytes, requests: this.requests,
     };
   }
 }
 
 export class DeviceCall extends Call {
-  /** `tracker`: a ready FaceTracker; `fps`: the camera's nominal rate the packets are timed by. */
-  constructor(session, camera, tracker, { fps = 30, maxSide = 384 } = {}) {
+  /** `tracker`: a ready FaceTracker; `fps`: the camera's nominal rate the packets are timed by;
+   *  `basisAfter`, `basisEvery`: the speaker basis' timing (Sender's: Python's by default). */
+  constructor(session, camera, tracker, { fps = 30, maxSide = 384, ...basis } = {}) {
     super(session, camera);
     this.tracker = tracker;
-    this.sender = new Sender(fps, { maxSide });
+    this.sender = new Sender(fps, { maxSide, ...basis });
     this.sent = new SentCounter();
     this.closed = false;
     this.motion = this.pc.createDataChannel(MOTION_LABEL, { ordered: false, maxRetransmits: 0 });
@@ -61,8 +64,9 @@ export class DeviceCall extends Call {
     for (const channel of [this.motion, this.control]) channel.binaryType = "arraybuffer";
     this.control.addEventListener("message", (event) => {
       if (!(event.data instanceof ArrayBuffer)) return;
-      this.sent.requests = (this.sent.requests ?? 0) + 1;
-      for (const reply of this.sender.control(new Uint8Array(event.data))) this.#reliable(reply);
+      const data = new Uint8Array(event.data);
+      if (messageType(data) === MessageType.KEYFRAME_REQUEST) this.sent.requests += 1;
+      for (const reply of this.sender.control(data)) this.#reliable(reply);
     });
     this.video = Object.assign(document.createElement("video"),
                                { muted: true, playsInline: true, srcObject: camera });
@@ -87,10 +91,13 @@ export class DeviceCall extends Call {
   #reliable(data) {
     if (this.control.readyState !== "open") return;
     this.control.send(data);
-    const keyframe = data[0] >> 4 === 2;
-    if (keyframe) {
+    const kind = messageType(data);
+    if (kind === MessageType.KEYFRAME) {
       this.sent.keyframes += 1;
       this.sent.keyframeBytes += data.length;
+    } else if (kind === MessageType.BASIS) {
+      this.sent.bases += 1;
+      this.sent.basisBytes += data.length;
     } else {
       this.sent.otherBytes += data.length;
     }

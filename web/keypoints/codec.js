@@ -3,11 +3,13 @@
 // exactly what the Python encoder would send for the same landmarks.  The bitstream is
 // specified in models/codec.py's docstring; the numbers come from spec.js, generated from the
 // Python.  No DOM here: the picture of a keyframe is cut and encoded by the caller (capture.js).
+// The speaker basis (learning it, its BASIS message) is in basis.js.
 //
 // Landmarks are Float64Array(478 * 3) in camera pixels (x, y, and z in the same scale),
 // holding float32 values as models.landmarks.Landmarks does.  Where Python rounds through
 // float32 (Landmarks.transformed, keyframe region), Math.fround does the same here.
 
+import { learnBasis, makeBasis } from "./basis.js";
 import { BitWriter, crc32, crc8, roundHalfEven } from "./bits.js";
 import { canonical, fitPose, relative, rotationVector } from "./pose.js";
 import { SPEC } from "./spec.js";
@@ -134,13 +136,25 @@ export function measure(state, reference) {
   };
 }
 
-/** The packet fields of a motion (models.codec.quantize without a speaker basis). */
-export function quantize(motion) {
+/** The packet fields of a motion (models.codec.quantize): with a basis (makeBasis's, as the
+ *  receiver holds it), coefficients c = round(V y) along its unit rows V, and the parts carry
+ *  the residual round(y - V^T c); without, the parts carry round(y). */
+export function quantize(motion, basis = null) {
+  let y = motion.expression.map((v) => v / STEP.expression);
+  let coefficients = [];
+  if (basis !== null) {
+    const V = basis.vectors;
+    coefficients = V.map((row) => quantizeValue(row.reduce((s, v, j) => s + v * y[j], 0),
+                                                SPEC.deadZone));
+    y = y.map((value, j) => value - V.reduce((s, row, k) => s + row[j] * coefficients[k], 0));
+  }
   return {
     rotation: motion.rotation.map((v) => quantizeValue(v / STEP.rotation)),
     scale: quantizeValue(motion.logScale / STEP.scale),
     translation: motion.translation.map((v) => quantizeValue(v / STEP.translation)),
-    expression: motion.expression.map((v) => quantizeValue(v / STEP.expression, SPEC.deadZone)),
+    expression: y.map((v) => quantizeValue(v, SPEC.deadZone)),
+    basisId: basis === null ? 0 : basis.id,
+    basis: coefficients,
   };
 }
 
@@ -153,10 +167,11 @@ export function motionBytes(packet) {
   w.write(packet.seq, 16);
   w.write(packet.epoch, 2);
   w.se(packet.jitterMs, K.jitter);
-  w.write(0, 2); // no speaker basis: the contour coefficients alone
+  w.write(packet.basisId ?? 0, 2); // 0: the contour coefficients alone
   packet.rotation.forEach((v, i) => w.se(v, K.rotation[i]));
   w.se(packet.scale, K.scale);
   packet.translation.forEach((v) => w.se(v, K.translation));
+  (packet.basis ?? []).forEach((v) => w.se(v, K.basis));
   let start = 0;
   for (const part of SPEC.parts) {
     const size = 2 * part.modes;
@@ -214,7 +229,8 @@ export function parseKeyframeRequest(data) {
 
 // --- the sender's state ---------------------------------------------------------------------
 
-/** models.codec_stream.Encoder (no speaker basis): a keyframe, then one packet per frame. */
+/** models.codec_stream.Encoder: a keyframe, then one packet per frame; and the speaker basis,
+ *  learned from the frames since the keyframe, used once the receiver acknowledged it. */
 export class Encoder {
   constructor(fps = 25, { imageFormat = SPEC.keyframe.format, quality = SPEC.keyframe.quality,
                           maxSide = SPEC.keyframe.maxSide } = {}) {
@@ -225,17 +241,28 @@ export class Encoder {
     this.maxSide = Math.max(64, Math.min(SPEC.maxImageSide, maxSide));
     this.keyframe = null;
     this.stats = { frames: 0, packets: 0, packetBits: 0, keyframes: 0, keyframeBytes: 0,
-                   noFace: 0, skipped: 0 };
+                   bases: 0, basisBytes: 0, noFace: 0, skipped: 0 };
     this.nextSeq = 0;
     this.epoch = -1;
     this.region = null;
     this.side = 0;
     this.reference = null;
     this.keyframeTime = 0;
+    this.bases = new Map(); // id -> makeBasis's basis, sent (not necessarily arrived)
+    this.active = null; // the basis packets use: acknowledged by the receiver
+    this.nextBasisId = 1;
+    // Measured contour coefficients (Motion.expression) since the keyframe, to learn a basis
+    // from: the newest SPEC.basis.history (about a minute), as Python's deque.
+    this.history = [];
   }
 
   get seq() {
     return this.nextSeq;
+  }
+
+  /** The basis motion packets use now (acknowledged by the receiver), or null. */
+  get basis() {
+    return this.active;
   }
 
   /** Where the next keyframe's picture comes from: {region, side} (camera pixels, picture
@@ -269,6 +296,7 @@ export class Encoder {
     this.keyframe.bytes = keyframeBytes(this.keyframe);
     this.reference = faceState(landmarks);
     this.keyframeTime = timestamp;
+    this.history = []; // expressions are measured from the keyframe's face
     this.stats.keyframes += 1;
     this.stats.keyframeBytes += this.keyframe.bytes.length;
     return this.keyframe.bytes;
@@ -294,7 +322,10 @@ export class Encoder {
       if (points === null) this.stats.noFace += 1;
       return null;
     }
-    const fields = quantize(this.analyse(points));
+    const motion = this.analyse(points);
+    this.history.push(motion.expression);
+    if (this.history.length > SPEC.basis.history) this.history.shift();
+    const fields = quantize(motion, this.active);
     const packet = { seq, epoch: this.epoch % SPEC.epochModulo,
                      jitterMs: this.jitter(seq, timestamp), ...fields };
     const bytes = motionBytes(packet);
@@ -322,6 +353,29 @@ export class Encoder {
     const nominal = k.timestampMs + roundHalfEven((1000 * seqDifference(seq, k.seq)) / k.fps);
     const limit = SPEC.maxJitterMs / 2;
     return Math.max(-limit, Math.min(limit, roundHalfEven(timestamp * 1000) - nominal));
+  }
+
+  /** A BASIS message for these directions (K rows of NUM_COEFFICIENTS), or null if there are
+   *  none.  Without `vectors`, they are learned (learnBasis) from the history, the frames
+   *  encoded since the keyframe.  Send it reliably; packets keep using the old basis until
+   *  acknowledge says the receiver has this one, so none ever needs a basis still in flight. */
+  proposeBasis(vectors = null) {
+    if (vectors === null) {
+      if (this.history.length < 2) return null;
+      vectors = learnBasis(this.history);
+    }
+    if (vectors.length === 0) return null;
+    const basis = makeBasis(this.nextBasisId, vectors);
+    this.nextBasisId = (this.nextBasisId % 3) + 1;
+    this.bases.set(basis.id, basis);
+    this.stats.bases += 1;
+    this.stats.basisBytes += basis.bytes.length;
+    return basis.bytes;
+  }
+
+  /** The receiver holds basis `id` (its BASIS_ACK): use it from the next packet on. */
+  acknowledge(id) {
+    if (this.bases.has(id)) this.active = this.bases.get(id);
   }
 
   /** True: make a new keyframe; false: resend the current one. */
