@@ -86,7 +86,7 @@ class Arrival:
     at: float
 
 
-async def drain(track: MediaStreamTrack, sink: Callable[[Arrival], None] | None) -> None:
+async def drain(track: MediaStreamTrack, sink: Callable[[Arrival], object] | None) -> None:
     """Hand every frame of ``track`` to ``sink`` as it arrives, until the track ends.
 
     ``sink`` must not block (typically it puts into a :class:`LatestSlot`); None discards, which

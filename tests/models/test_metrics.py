@@ -133,7 +133,7 @@ def test_cosine_similarity_known_angles() -> None:
 
 
 @pytest.fixture(scope="module")
-def embedder():  # type: ignore[no-untyped-def]
+def embedder():
     """Embeds the face in an RGB image: face-mesh box -> dlib embedding (as the eval does)."""
     from models.identity import FaceIdentity
     from models.tracking import FaceTracker
@@ -149,7 +149,7 @@ def embedder():  # type: ignore[no-untyped-def]
         yield embed
 
 
-def test_csim_of_a_face_with_itself_is_one(embedder) -> None:  # type: ignore[no-untyped-def]
+def test_csim_of_a_face_with_itself_is_one(embedder) -> None:
     photo = load_photo("fomm_11.jpg")
     a = embedder(photo)
     assert a.shape == (128,)
@@ -159,7 +159,7 @@ def test_csim_of_a_face_with_itself_is_one(embedder) -> None:  # type: ignore[no
     assert metrics.identity_distance(a, flipped) < 0.6
 
 
-def test_different_people_score_below_the_same_person(embedder) -> None:  # type: ignore[no-untyped-def]
+def test_different_people_score_below_the_same_person(embedder) -> None:
     # Same person: two frames 2 s apart of one driving clip (other expression, other pose).
     first, later = (embedder(f) for f in load_clip("lp_d19.mp4", max_frames=2, step=60))
     same_csim = metrics.cosine_similarity(first, later)

@@ -57,7 +57,7 @@ def test_report_files_are_written(report: tuple[dict, Path]) -> None:
         assert image is not None and image.shape[0] > 100, png
     # Cross contact sheet: title row + one tile row per shown frame; source, driver, 3 outputs.
     sheet = cv2.imread(str(out / "contact_cross.png"))
-    assert sheet.shape[1] == 150 + 5 * evaluation.THUMB
+    assert sheet is not None and sheet.shape[1] == 150 + 5 * evaluation.THUMB
 
 
 def test_every_method_is_scored(report: tuple[dict, Path]) -> None:

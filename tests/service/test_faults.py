@@ -58,7 +58,7 @@ async def test_a_crashing_session_fails_visibly_and_others_keep_streaming(
         def broken(target: np.ndarray) -> np.ndarray:
             raise RuntimeError("injected generator failure")
 
-        session.worker.reenactor.render = broken  # type: ignore[method-assign]  # fault injection
+        session.worker.reenactor.render = broken  # type: ignore[attr-defined]  # fault injection
         assert await wait_until(lambda: server.ended(victim.session), 10)
         # The failure is visible: status, reason and the errors that led to it.
         state = await server.status(victim.session)

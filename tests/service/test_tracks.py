@@ -115,6 +115,7 @@ async def slow_consumer(latest: bool, seconds: float, work_s: float) -> list[flo
                 pts = (await asyncio.wait_for(slot.get(), 5)).frame.pts
             else:
                 pts = (await asyncio.wait_for(remote.recv(), 5)).pts
+            assert pts is not None
             sent = source.sent_at(pts)
             assert sent is not None, pts
             ages.append(time.monotonic() - sent)
