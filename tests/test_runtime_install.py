@@ -17,8 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Top-level modules of the dev extra (pyproject.toml), and Ray (the cluster extra).
-DEV_ONLY = ("pytest", "_pytest", "pytest_asyncio", "pytest_timeout", "playwright", "ruff", "mypy")
-DEV_ONLY += ("yaml", "ray")
+DEV_ONLY = (
+    *("pytest", "_pytest", "pytest_asyncio", "pytest_timeout", "playwright", "ruff", "mypy"),
+    *("yaml", "ray"),
+)
 
 SCRIPT = textwrap.dedent(
     """
