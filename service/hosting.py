@@ -87,6 +87,15 @@ def ended_view(record: EndedSession, host: str) -> SessionView:
 
 
 @dataclass(frozen=True)
+class SessionListing:
+    """What ``GET /v1/sessions`` lists, and which processes did not answer in time (their
+    sessions are missing from it: a listing says so rather than pretending to be complete)."""
+
+    views: list[SessionView]
+    unanswered: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class HostLoad:
     """How full a host is; the cluster places new sessions on the emptiest."""
 
@@ -114,12 +123,12 @@ class SessionHost(Protocol):
 
     async def load(self) -> HostLoad: ...
 
-    async def sessions(self, owner: str | None, include_ended: bool = False) -> list[SessionView]:
+    async def sessions(self, owner: str | None, include_ended: bool = False) -> SessionListing:
         """Snapshots of the live sessions (created, connecting, live) that API key id ``owner``
         created, every owner's when ``owner`` is None (local/dev mode, where no session has
         one); with ``include_ended``, also those that ended and are still kept to say how
         (``ended_keep_s``).  In no particular order.  Never raises for a process that does not
-        answer: its sessions are left out."""
+        answer: its sessions are left out and its name is in ``unanswered``."""
         ...
 
     async def metrics(self) -> list[tuple[str, bytes]]:
@@ -219,7 +228,11 @@ class LocalHost:
             by_owner=by_owner,
         )
 
-    async def sessions(self, owner: str | None, include_ended: bool = False) -> list[SessionView]:
+    async def sessions(self, owner: str | None, include_ended: bool = False) -> SessionListing:
+        return SessionListing(self.views(owner, include_ended))
+
+    def views(self, owner: str | None, include_ended: bool = False) -> list[SessionView]:
+        """This process's part of :meth:`sessions` (a cluster worker answers with it)."""
         # Those whose time is up end first, so none is listed alive past its limits (as view).
         self.registry.expire(time.monotonic())
         views = [self._view(s) for s in self.registry if owner is None or s.owner == owner]

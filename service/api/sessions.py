@@ -64,6 +64,10 @@ class SessionList(BaseModel):
         "ones, most recently ended first"
     )
     truncated: bool = Field(description="More sessions matched than `limit`: the oldest are cut")
+    partial: bool = Field(
+        description="Some cluster workers did not answer in time: their sessions are missing "
+        "from this answer (ask again)"
+    )
 
 
 class SessionCreated(SessionOut):
@@ -191,10 +195,12 @@ async def list_sessions(
     token ``POST /v1/sessions`` returned, and a listing mints no TURN credentials.  Counts
     against the key's request rate like any call with a key.
     """
-    views = sorted(await state.host.sessions(owner, include_ended), key=_listing_order)
+    listing = await state.host.sessions(owner, include_ended)
+    views = sorted(listing.views, key=_listing_order)
     return SessionList(
         sessions=[_summary(view, request) for view in views[:limit]],
         truncated=len(views) > limit,
+        partial=bool(listing.unanswered),
     )
 
 

@@ -122,7 +122,9 @@ class HostActor:
         return await self._call(lambda host: host.load())
 
     async def sessions(self, owner: str | None, include_ended: bool) -> list[SessionView] | Failure:
-        return await self._call(lambda host: host.sessions(owner, include_ended))
+        if self._host is None:
+            return Failure.of(ReenactError(f"worker {self.name} is not running"))
+        return self._host.views(owner, include_ended)
 
     async def metrics(self) -> bytes | Failure:
         """This worker's Prometheus registry in the text format, for the API's ``/metrics``

@@ -33,7 +33,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTa
 from models.errors import BadInputError, ReenactError
 from service.cluster.actor import Census, Failure, HostActor, WorkerInfo
 from service.errors import ServerFullError, SessionEndedError, SessionNotFoundError
-from service.hosting import HostLoad, SessionRequest, SessionView, ended_view
+from service.hosting import HostLoad, SessionListing, SessionRequest, SessionView, ended_view
 from service.metrics import Metrics
 from service.sessions import ENDED_KEEP_MAX, EndedSession, EndStatus, end_status
 from service.settings import Settings
@@ -196,11 +196,13 @@ class RayHost:
         """The live workers' loads summed (a worker that does not answer in time counts 0)."""
         return _total([load for _, load in await self._loads(self._alive())])
 
-    async def sessions(self, owner: str | None, include_ended: bool = False) -> list[SessionView]:
+    async def sessions(self, owner: str | None, include_ended: bool = False) -> SessionListing:
         """Every live worker's sessions of ``owner``, asked concurrently, and, with
         ``include_ended``, those lost with a dead worker that are still kept.  A worker that does
         not answer within ``PROBE_TIMEOUT_S`` (or fails, or has died) is left out and logged: a
-        listing shows what answered rather than failing for one stuck worker."""
+        listing shows what answered, and names the others, rather than failing for one stuck
+        worker.  A dead worker's sessions are not missing: they are the ``failed`` records kept
+        for ``include_ended``."""
         workers = self._alive()
         results = await asyncio.gather(
             *(
@@ -210,11 +212,13 @@ class RayHost:
             return_exceptions=True,
         )
         views: list[SessionView] = []
+        unanswered: list[str] = []
         now = time.monotonic()
         for worker, result in zip(workers, results, strict=True):
             if isinstance(result, list):
                 views += result
             elif not isinstance(result, _WorkerLost):  # a death is logged by _lose
+                unanswered.append(worker.name)
                 log.warning("worker %s: sessions left out of a listing: %s", worker.name, result)
         for view in views:  # fresher views for what _lose keeps should the worker die
             placed = self._placed.get(view.id)
@@ -227,7 +231,7 @@ class RayHost:
                 for lost in self._lost.values()
                 if owner is None or lost.record.owner == owner
             ]
-        return views
+        return SessionListing(views, tuple(unanswered))
 
     async def metrics(self) -> list[tuple[str, bytes]]:
         """Every live worker's Prometheus exposition, asked concurrently.  One that does not

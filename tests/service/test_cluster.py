@@ -42,7 +42,7 @@ from service.errors import (
     SessionNotFoundError,
     UnauthorizedError,
 )
-from service.hosting import HostLoad, SessionRequest, SessionView
+from service.hosting import HostLoad, SessionListing, SessionRequest, SessionView
 from service.metrics import Metrics
 from service.rtc.client import ClipClient, ClipTrack
 from service.rtc.peer import peer_connection, use_host_addresses
@@ -197,8 +197,9 @@ async def test_a_listing_leaves_out_workers_that_do_not_answer(
     )
     monkeypatch.setattr(router, "PROBE_TIMEOUT_S", 0.2)
     started = time.monotonic()
-    assert await host.sessions("a") == [view]
+    listing = await host.sessions("a")
     assert time.monotonic() - started < 2
+    assert listing == SessionListing([view], ("w1", "w2"))  # partial, and says which
     left_out = [r.getMessage() for r in caplog.records if "left out of a listing" in r.message]
     assert [m.split(":")[0] for m in left_out] == ["worker w1", "worker w2"]
     assert "did not answer within 0.2 s" in left_out[0] and "not running" in left_out[1]
@@ -218,17 +219,18 @@ async def test_new_sessions_go_to_the_least_loaded_worker(host: RayHost) -> None
     assert full.value.retry_after == 7
 
     # A listing gathers every worker's sessions: an owner's alone, or all of them.
-    owned = await host.sessions("acme")
+    owned = (await host.sessions("acme")).views
     assert sorted((v.id, v.host) for v in owned) == sorted((v.id, v.host) for v, _ in more)
     assert {v.host for v in owned} == {"worker-0", "worker-1"}
     everyone = await host.sessions(None)
-    assert {v.id for v in everyone} == {v.id for v, _ in first + more}
+    assert everyone.unanswered == ()
+    assert {v.id for v in everyone.views} == {v.id for v, _ in first + more}
 
     for view, token in first + more:
         await host.end(view.id, token, "deleted")
     assert (await host.load()).sessions == 0
-    assert await host.sessions("acme") == []
-    ended = await host.sessions("acme", include_ended=True)
+    assert await host.sessions("acme") == SessionListing([])
+    ended = (await host.sessions("acme", include_ended=True)).views
     assert sorted((v.id, v.status, v.ended_reason) for v in ended) == sorted(
         (v.id, "ended", "deleted") for v, _ in more
     )
@@ -343,8 +345,10 @@ async def test_a_killed_worker_takes_only_its_own_sessions_and_is_replaced(
         with pytest.raises(UnauthorizedError):
             await host.view(doomed.id, kept_token)
         # A listing shows it failed (the router keeps it), next to the survivor's live one.
-        listed = {v.id: v.status for v in await host.sessions(None, include_ended=True)}
+        listing = await host.sessions(None, include_ended=True)
+        listed = {v.id: v.status for v in listing.views}
         assert (listed[doomed.id], listed[kept.id]) == ("failed", "live")
+        assert listing.unanswered == ()  # the dead worker's sessions are there, as failed
 
         # The survivor's session carries on: frames keep coming, calls keep working.
         before = len(callers[0].frames)
