@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from models.closeable import Closeable
 from models.landmark_net import (
     CROP_SIZE,
     FaceMeshNetwork,
@@ -32,7 +32,7 @@ from models.tracking import FaceTracker
 from tests.conftest import load_clip, load_photo
 
 
-class TFLiteReference:
+class TFLiteReference(Closeable):
     """mediapipe's FaceLandmarkCpu graph: crop -> (N, 3) crop-pixel landmarks, or None."""
 
     def __init__(self, with_attention: bool) -> None:
@@ -83,15 +83,7 @@ class TFLiteReference:
         self._graph.wait_until_idle()
         return self._found[0] if self._found else None
 
-    def __enter__(self) -> TFLiteReference:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self._graph.close()
 
 
