@@ -21,6 +21,7 @@ from numpy.typing import ArrayLike
 
 from engines.base import Engine
 from models.action_units import expression_basis, state_from_action_units
+from models.closeable import Closeable
 from models.landmarks import Landmarks
 from models.motion import Mode, MotionTransfer
 from models.pose import face_state
@@ -72,7 +73,7 @@ class FrameRenderer(Protocol):
         ...
 
 
-class Reenactor:
+class Reenactor(Closeable):
     """Animates one source embedding with one driver stream."""
 
     def __init__(
