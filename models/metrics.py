@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from models.landmarks import RIGID
+from models.landmarks import LEFT_IRIS_CENTER, RIGHT_IRIS_CENTER, RIGID
 
 # SSIM constants of Wang et al. 2004 (eq. 7 and section III.C): K1, K2, an 11x11 Gaussian
 # window with sigma 1.5.
@@ -122,6 +122,39 @@ def angle_difference(
     """Absolute per-axis difference of two angle triples in degrees, wrapped into [0, 180]."""
     d = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64) + 180.0) % 360.0
     return np.abs(d - 180.0)
+
+
+# (iris centre, eye corner, eye corner) per eye: the subject's right eye, then left.
+_GAZE_POINTS = ((RIGHT_IRIS_CENTER, 33, 133), (LEFT_IRIS_CENTER, 362, 263))
+
+
+def gaze(points: np.ndarray) -> np.ndarray:
+    """Where each iris sits in its eye: (2, 2), the iris centre's offset from the midpoint of
+    the eye corners in units of the corner distance, along and across the corner line.
+
+    Measured in the eye's own frame, so head pose, scale and position cancel (to first order)
+    and a change of it between frames is a change of gaze.  ``points`` are (478, >=2) pixels.
+    """
+    p = _as_float(points)[:, :2]
+    out = np.empty((2, 2))
+    for k, (iris, a, b) in enumerate(_GAZE_POINTS):
+        axis = p[b] - p[a]
+        width = float(np.linalg.norm(axis))
+        if width <= 0:
+            raise ValueError("eye corners coincide")
+        along = axis / width
+        across = np.array([-along[1], along[0]])
+        offset = p[iris] - (p[a] + p[b]) / 2
+        out[k] = (offset @ along / width, offset @ across / width)
+    return out
+
+
+def gaze_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean distance of two :func:`gaze` measurements (or changes of gaze), in eye widths."""
+    a, b = _as_float(a), _as_float(b)
+    if a.shape != b.shape or a.shape[-1] != 2:
+        raise ValueError(f"gaze measurements differ in shape: {a.shape} vs {b.shape}")
+    return float(np.linalg.norm(a - b, axis=-1).mean())
 
 
 def expression_error(a: np.ndarray, b: np.ndarray) -> float:

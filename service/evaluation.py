@@ -345,7 +345,7 @@ def score_cross(
 
 
 def _motion_scores(face: Face, driver: Face, out_ref: Face | None, drv_ref: Face | None) -> Scores:
-    """Head-pose and expression errors of the output against the driver."""
+    """Head-pose, expression and gaze errors of the output against the driver."""
     pose_abs = metrics.angle_difference(face.state.pose.angles(), driver.state.pose.angles())
     row: Scores = {
         "pose_err_abs": float(pose_abs.mean()),
@@ -358,6 +358,10 @@ def _motion_scores(face: Face, driver: Face, out_ref: Face | None, drv_ref: Face
         row.update(yaw_err=pose[0], pitch_err=pose[1], roll_err=pose[2], pose_err=pose.mean())
         row["expr_err"] = metrics.expression_error(
             face.expression - out_ref.expression, driver.expression - drv_ref.expression
+        )
+        row["gaze_err"] = metrics.gaze_error(
+            metrics.gaze(face.landmarks.points) - metrics.gaze(out_ref.landmarks.points),
+            metrics.gaze(driver.landmarks.points) - metrics.gaze(drv_ref.landmarks.points),
         )
     return {k: float(v) for k, v in row.items()}
 

@@ -49,6 +49,7 @@ CROSS_COLUMNS = (
     Column("pitch_err", "pitch °", "↓", "{:.2f}"),
     Column("roll_err", "roll °", "↓", "{:.2f}"),
     Column("expr_err", "expr err", "↓", "{:.4f}"),
+    Column("gaze_err", "gaze err", "↓", "{:.4f}"),
     Column("leakage", "leakage", "↓"),
     Column("pose_err_abs", "pose abs °", "↓", "{:.2f}"),
     Column("expr_err_abs", "expr abs", "↓", "{:.4f}"),
@@ -56,7 +57,7 @@ CROSS_COLUMNS = (
 )
 # The columns shown in the per-clip / per-source tables and the bar charts.
 SELF_MAIN = ("l1", "psnr", "ssim", "akd", "aed")
-CROSS_MAIN = ("csim", "id_dist", "pose_err", "expr_err", "leakage")
+CROSS_MAIN = ("csim", "id_dist", "pose_err", "expr_err", "gaze_err", "leakage")
 
 _NOTES = """\
 **Methods.** `static`: the source crop repeated (identity ceiling, zero motion).
@@ -74,8 +75,9 @@ Euclidean distance of dlib face embeddings, output vs ground truth (same person 
 **Cross-reenactment** (each portrait × each clip): CSIM = cosine similarity of dlib embeddings,
 portrait vs output (dlib's embeddings all lie in a narrow cone: different people still score
 ≈ 0.8–0.9, the same person ≈ 0.97+); ID dist = their Euclidean distance (< 0.6 = same person).
-pose / expr err = how far the output's *change since the first frame* is from the driver's
-(head rotation in degrees; mean absolute difference of the 8 expression action units);
+pose / expr / gaze err = how far the output's *change since the first frame* is from the
+driver's (head rotation in degrees; mean absolute difference of the 8 expression action units;
+iris centres in their eyes, in eye widths);
 `*_abs` compare absolute values instead.  leakage = how far the output's face proportions
 (rigid landmarks, pose-free) moved from the portrait's (0) toward the driver's (1), a projection
 on that direction, so measurement noise averages out instead of adding a floor.

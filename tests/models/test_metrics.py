@@ -11,7 +11,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from models import metrics
-from models.landmarks import Landmarks
+from models.landmarks import RIGHT_IRIS_CENTER, Landmarks
+from models.tracking import FaceTracker
 from tests.conftest import load_clip, load_photo
 
 
@@ -119,6 +120,37 @@ def test_identity_leakage_ignores_noise_across_the_identity_direction() -> None:
         metrics.identity_leakage(src + rng.normal(0, 0.1, src.shape), src, drv) for _ in range(200)
     ]
     assert abs(float(np.mean(noisy))) < 0.02
+
+
+def test_gaze_ignores_head_pose_in_the_image_and_reads_iris_offsets() -> None:
+    with FaceTracker(video=False, smooth=False) as tracker:
+        face = tracker(load_photo("fomm_11.jpg"))
+    assert face is not None
+    points = face.points[:, :2].astype(np.float64)
+    straight = metrics.gaze(points)
+    assert np.abs(straight).max() < 0.15  # a portrait looking into the camera
+    # The same face turned, scaled and moved in the image: the same gaze.
+    angle = math.radians(25)
+    turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    moved = 1.7 * points @ turn.T + np.array([40.0, -12.0])
+    assert np.allclose(metrics.gaze(moved), straight, atol=1e-9)
+    # One iris moved along its eye by a tenth of the eye's width reads as exactly that.
+    looked = points.copy()
+    looked[RIGHT_IRIS_CENTER] += 0.1 * (points[133] - points[33])
+    change = metrics.gaze(looked) - straight
+    assert change[0] == pytest.approx([0.1, 0.0], abs=1e-9) and np.all(change[1] == 0)
+    assert metrics.gaze_error(metrics.gaze(looked), straight) == pytest.approx(0.05)
+
+
+def test_gaze_sees_a_real_sideways_look() -> None:
+    # lp_d10 looks into the camera at first and far to the side at the end.
+    first, last = load_clip("lp_d10.mp4", 300)[::299]
+    with FaceTracker(video=False, smooth=False) as tracker:
+        a, b = tracker(first), tracker(last)
+    assert a is not None and b is not None
+    change = metrics.gaze(b.points) - metrics.gaze(a.points)
+    assert np.all(change[:, 0] < -0.05)  # both irises moved the same way along their eyes
+    assert metrics.gaze_error(metrics.gaze(b.points), metrics.gaze(a.points)) > 0.1
 
 
 # --- embeddings -----------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_every_method_is_scored(report: tuple[dict, Path]) -> None:
         s, c = result["self"]["summary"][method], result["cross"]["summary"][method]
         for key in ("l1", "psnr", "ssim", "akd", "aed"):
             assert math.isfinite(s[key]), (method, key)
-        for key in ("csim", "id_dist", "pose_err", "expr_err", "leakage"):
+        for key in ("csim", "id_dist", "pose_err", "expr_err", "gaze_err", "leakage"):
             assert math.isfinite(c[key]), (method, key)
         assert s["tracked"] == c["tracked"] == 1.0
         assert c["face_rate"] == 1.0
