@@ -35,7 +35,7 @@ from models.closeable import Closeable
 from models.errors import BadInputError
 from models.landmark_net import CROP_SIZE
 from models.landmarks import NUM_LANDMARKS, Landmarks
-from models.smoothing import OneEuroFilter
+from models.smoothing import LandmarkSmoother
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,7 @@ class MeshTracker(Closeable):
         self._video = video
         self._min_presence = min_tracking_confidence
         self._roi: Roi | None = None  # from the previous frame's landmarks
-        self._filter = OneEuroFilter(min_cutoff=1.5, beta=0.08) if (video and smooth) else None
-        self._t = 0.0
+        self._smoother = LandmarkSmoother() if (video and smooth) else None
         self.detections = 0  # how often acquisition ran: the CPU cost this tracker still has
 
     def __call__(self, rgb: np.ndarray, timestamp: float | None = None) -> Landmarks | None:
@@ -145,15 +144,13 @@ class MeshTracker(Closeable):
             pts = self._mesh(rgb, roi) if roi is not None else None
         if pts is None:
             self._roi = None
-            if self._filter is not None:
-                self._filter.reset()  # the next face may be somewhere else entirely
+            if self._smoother is not None:
+                self._smoother.reset()
             return None
         self._roi = roi_around(pts[:, :2], (pts[ROI_EYES[0], :2], pts[ROI_EYES[1], :2]))
         assert pts.shape == (NUM_LANDMARKS, 3), pts.shape
-        if self._filter is not None:
-            t = timestamp if timestamp is not None else self._t + 1 / 30
-            self._t = t
-            pts = self._filter(pts, t)
+        if self._smoother is not None:
+            pts = self._smoother(pts, timestamp)
         return Landmarks(pts.astype(np.float32), (w, h))
 
     def _mesh(self, rgb: np.ndarray, roi: Roi) -> np.ndarray | None:

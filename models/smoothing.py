@@ -45,3 +45,26 @@ class OneEuroFilter:
         x_hat = self._x + _alpha(cutoff, dt) * (x - self._x)
         self._x, self._dx, self._t = x_hat, dx_hat, t
         return x_hat.copy()
+
+
+# How every face tracker smooths its landmarks (cutoffs in Hz, beta in pixels/s): steady when
+# still, no lag on fast head turns.  The browser's tracker uses the same values
+# (service/web_codec.py writes them into web/keypoints/spec.js).
+LANDMARK_SMOOTHING = {"min_cutoff": 1.5, "beta": 0.08, "d_cutoff": 1.0}
+
+
+class LandmarkSmoother:
+    """A tracker's One-Euro filter and clock: a frame without a timestamp is taken 1/30 s after
+    the previous one, so callers that know no times still get smoothing at camera rate."""
+
+    def __init__(self) -> None:
+        self._filter = OneEuroFilter(**LANDMARK_SMOOTHING)
+        self._t = 0.0
+
+    def reset(self) -> None:
+        """Forget the past: the next face may be somewhere else entirely."""
+        self._filter.reset()
+
+    def __call__(self, points: np.ndarray, timestamp: float | None) -> np.ndarray:
+        self._t = timestamp if timestamp is not None else self._t + 1 / 30
+        return self._filter(points, self._t)

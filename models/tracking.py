@@ -16,7 +16,7 @@ import numpy as np
 from models.closeable import Closeable
 from models.errors import BadInputError, NoFaceError
 from models.landmarks import NUM_LANDMARKS, Landmarks
-from models.smoothing import OneEuroFilter
+from models.smoothing import LandmarkSmoother
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,7 @@ class FaceTracker(Closeable):
             min_tracking_confidence=min_tracking_confidence,
         )
         self._video = video
-        # Cutoffs in Hz, beta in pixels/s: steady when still, no lag on fast head turns.
-        self._filter = OneEuroFilter(min_cutoff=1.5, beta=0.08) if (video and smooth) else None
-        self._t = 0.0
+        self._smoother = LandmarkSmoother() if (video and smooth) else None
 
     def __call__(self, rgb: np.ndarray, timestamp: float | None = None) -> Landmarks | None:
         """Landmarks of the most prominent face in an RGB uint8 (H, W, 3) image, or None.
@@ -67,16 +65,14 @@ class FaceTracker(Closeable):
         result = self._mesh.process(np.ascontiguousarray(rgb))
         faces = result.multi_face_landmarks
         if not faces:
-            if self._filter is not None:
-                self._filter.reset()  # the next face may be somewhere else entirely
+            if self._smoother is not None:
+                self._smoother.reset()
             return None
         lm = faces[0].landmark
         pts = np.array([(p.x * w, p.y * h, p.z * w) for p in lm], dtype=np.float64)
         assert pts.shape == (NUM_LANDMARKS, 3), pts.shape
-        if self._filter is not None:
-            t = timestamp if timestamp is not None else self._t + 1 / 30
-            self._t = t
-            pts = self._filter(pts, t)
+        if self._smoother is not None:
+            pts = self._smoother(pts, timestamp)
         return Landmarks(pts.astype(np.float32), (w, h))
 
     def close(self) -> None:

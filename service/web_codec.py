@@ -25,13 +25,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from models import codec, codec_stream, contour_basis, crop, landmarks
+from models import codec, codec_stream, contour_basis, crop, landmarks, smoothing
 from service import compression, relay
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "web" / "keypoints" / "spec.js"
-
-# One-Euro smoothing of tracked landmarks, as models.tracking.FaceTracker applies it.
-TRACKER_SMOOTHING = {"min_cutoff": 1.5, "beta": 0.08, "d_cutoff": 1.0}
 
 
 def _default(function: Callable[..., object], name: str) -> object:
@@ -112,7 +109,7 @@ def spec() -> dict[str, object]:
         ],
         "codedPoints": list(contour_basis.CODED_POINTS),
         "numCoefficients": contour_basis.NUM_COEFFICIENTS,
-        "smoothing": TRACKER_SMOOTHING,
+        "smoothing": smoothing.LANDMARK_SMOOTHING,
     }
 
 
