@@ -203,23 +203,14 @@ class RayHost:
         listing shows what answered, and names the others, rather than failing for one stuck
         worker.  A dead worker's sessions are not missing: they are the ``failed`` records kept
         for ``include_ended``."""
-        workers = self._alive()
-        results = await asyncio.gather(
-            *(
-                self._call(w, w.handle.sessions.remote(owner, include_ended), PROBE_TIMEOUT_S)
-                for w in workers
-            ),
-            return_exceptions=True,
+        answers, failures = await self._ask_all(
+            lambda w: w.handle.sessions.remote(owner, include_ended),
+            PROBE_TIMEOUT_S,
+            "sessions left out of a listing",
         )
-        views: list[SessionView] = []
-        unanswered: list[str] = []
+        views: list[SessionView] = [view for _, part in answers for view in part]
+        unanswered = [w.name for w, error in failures if not isinstance(error, _WorkerLost)]
         now = time.monotonic()
-        for worker, result in zip(workers, results, strict=True):
-            if isinstance(result, list):
-                views += result
-            elif not isinstance(result, _WorkerLost):  # a death is logged by _lose
-                unanswered.append(worker.name)
-                log.warning("worker %s: sessions left out of a listing: %s", worker.name, result)
         for view in views:  # fresher views for what _lose keeps should the worker die
             placed = self._placed.get(view.id)
             if placed is not None:
@@ -237,20 +228,14 @@ class RayHost:
         """Every live worker's Prometheus exposition, asked concurrently.  One that does not
         answer within ``METRICS_TIMEOUT_S`` (or fails, or has died) is left out of this scrape
         and counted in ``reenact_cluster_scrape_errors_total{worker}``."""
-        workers = self._alive()
-        results = await asyncio.gather(
-            *(self._call(w, w.handle.metrics.remote(), METRICS_TIMEOUT_S) for w in workers),
-            return_exceptions=True,
+        answers, failures = await self._ask_all(
+            lambda w: w.handle.metrics.remote(),
+            METRICS_TIMEOUT_S,
+            "metrics left out of the scrape",
         )
-        expositions = []
-        for worker, result in zip(workers, results, strict=True):
-            if isinstance(result, bytes):
-                expositions.append((worker.name, result))
-                continue
+        for worker, _ in failures:
             self._metrics.scrape_errors.labels(worker.name).inc()
-            if not isinstance(result, _WorkerLost):  # a death is logged by _lose
-                log.warning("worker %s: metrics left out of the scrape: %s", worker.name, result)
-        return expositions
+        return [(worker.name, exposition) for worker, exposition in answers]
 
     # -- placement and routing ----------------------------------------------------------------
 
@@ -286,17 +271,34 @@ class RayHost:
         return min(free, key=lambda f: (f[0], f[1], f[2].name))[2]
 
     async def _loads(self, workers: list[Worker]) -> list[tuple[Worker, HostLoad]]:
-        results = await asyncio.gather(
-            *(self._call(w, w.handle.load.remote(), PROBE_TIMEOUT_S) for w in workers),
-            return_exceptions=True,
+        answers, _ = await self._ask_all(
+            lambda w: w.handle.load.remote(), PROBE_TIMEOUT_S, "no load report", workers
         )
-        loads = []
+        return answers
+
+    async def _ask_all(
+        self,
+        call: Callable[[Worker], Any],
+        timeout: float,
+        what: str,
+        workers: list[Worker] | None = None,
+    ) -> tuple[list[tuple[Worker, Any]], list[tuple[Worker, BaseException]]]:
+        """One call to every worker (default: the live ones) at once: the answers, and the
+        workers that did not give one with why.  A failure is logged as ``what``, except a
+        death, which :meth:`_lose` has logged already."""
+        workers = self._alive() if workers is None else workers
+        results = await asyncio.gather(
+            *(self._call(w, call(w), timeout) for w in workers), return_exceptions=True
+        )
+        answers, failures = [], []
         for worker, result in zip(workers, results, strict=True):
-            if isinstance(result, HostLoad):
-                loads.append((worker, result))
-            elif not isinstance(result, _WorkerLost):
-                log.warning("worker %s: no load report: %s", worker.name, result)
-        return loads
+            if not isinstance(result, BaseException):
+                answers.append((worker, result))
+                continue
+            failures.append((worker, result))
+            if not isinstance(result, _WorkerLost):
+                log.warning("worker %s: %s: %s", worker.name, what, result)
+        return answers, failures
 
     async def _on_session(
         self, session_id: str, token: str | None, send: Callable[[Any], Any]
